@@ -1,0 +1,1 @@
+"""Camera calibration and pixel-to-base projection (import name magma_calibration)."""

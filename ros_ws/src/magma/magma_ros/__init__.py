@@ -1,0 +1,1 @@
+"""Thin ROS 2 nodes around magma_core (ROS package magma)."""

@@ -1,0 +1,1 @@
+"""Simulation: PyBullet tabletop tasks, experts, datasets, evaluation (import name magma_sim)."""
