@@ -1,0 +1,43 @@
+"""Text and token codecs: Trace-of-Mark traces and Set-of-Mark marks as text, actions as tokens."""
+from magma_core.codecs.action_tokenizer import ACTION_DIM, GRIPPER_INDEX, ActionNormStats, ActionTokenizer
+from magma_core.codecs.trace_text import (
+    ERROR_CODES,
+    TRACE_END,
+    TRACE_START,
+    DepthBinning,
+    GridTrace,
+    ParseResult,
+    TraceParseError,
+    TraceParseException,
+    encode_marks,
+    encode_traces,
+    grid_traces_from_traces,
+    marks_from_grid_traces,
+    parse_mark_ids,
+    parse_traces,
+    parse_traces_strict,
+    traces_from_grid_traces,
+)
+
+__all__ = [
+    "ACTION_DIM",
+    "GRIPPER_INDEX",
+    "ActionNormStats",
+    "ActionTokenizer",
+    "ERROR_CODES",
+    "TRACE_END",
+    "TRACE_START",
+    "DepthBinning",
+    "GridTrace",
+    "ParseResult",
+    "TraceParseError",
+    "TraceParseException",
+    "encode_marks",
+    "encode_traces",
+    "grid_traces_from_traces",
+    "marks_from_grid_traces",
+    "parse_mark_ids",
+    "parse_traces",
+    "parse_traces_strict",
+    "traces_from_grid_traces",
+]
