@@ -5,6 +5,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from magma_core.errors import InvalidInputError
+
 
 @dataclass
 class Trace:
@@ -27,13 +29,13 @@ class Trace:
         self.points = np.asarray(self.points, dtype=np.float64).reshape(-1, 2)
         self.visible = np.asarray(self.visible, dtype=bool).reshape(-1)
         if self.visible.shape[0] != self.points.shape[0]:
-            raise ValueError(f"trace {self.mark_id}: {self.points.shape[0]} points but {self.visible.shape[0]} visibility flags")
+            raise InvalidInputError(f"trace {self.mark_id}: {self.points.shape[0]} points but {self.visible.shape[0]} visibility flags")
         for name in ("depth", "gripper"):
             value = getattr(self, name)
             if value is not None:
                 value = np.asarray(value, dtype=np.float64).reshape(-1)
                 if value.shape[0] != self.points.shape[0]:
-                    raise ValueError(f"trace {self.mark_id}: {name} has {value.shape[0]} steps, points have {self.points.shape[0]}")
+                    raise InvalidInputError(f"trace {self.mark_id}: {name} has {value.shape[0]} steps, points have {self.points.shape[0]}")
                 setattr(self, name, value)
 
     @property
