@@ -77,24 +77,10 @@ def _px(value) -> str:
 
 def write_clip_video(frames: np.ndarray, path: Path, fps: float) -> Path:
     """Write RGB frames as an mp4 ('mp4v'); fall back to a folder of PNGs if no writer opens."""
-    import cv2
+    from magma_core.tom.draw import write_video
 
-    from magma_core.imageio import save_image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
     height, width = frames.shape[1:3]
-    writer = cv2.VideoWriter(str(path), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
-    if writer.isOpened():
-        try:
-            for frame in frames:
-                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
-        finally:
-            writer.release()
-        return path
-    folder = path.with_suffix("")
-    for index, frame in enumerate(frames):
-        save_image(folder / f"frame_{index:05d}.png", frame)
-    return folder
+    return write_video(frames, path, fps, size=(width, height))
 
 
 def score_marks(clip, trace_set) -> dict:

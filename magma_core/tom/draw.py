@@ -298,13 +298,22 @@ def write_overlay_video(
         target.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InvalidInputError(f"cannot create folder for {target}: {exc.strerror or exc}") from exc
-    overlays = overlay_frames(frames, traces, marks, label_scale)
+    return write_video(overlay_frames(frames, traces, marks, label_scale), target, fps, size=(size[1], size[0]))
 
-    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), (size[1], size[0]))
+
+def write_video(frames: Iterable[np.ndarray], path: str | os.PathLike, fps: float, *, size: tuple[int, int]) -> Path:
+    """Write RGB uint8 frames of `size` (width, height) as an mp4 ('mp4v') and return the path.
+
+    If no mp4 writer opens, the frames go to a folder of PNGs next to `path` instead, with a
+    warning, and that folder is returned.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    writer = cv2.VideoWriter(str(target), cv2.VideoWriter_fourcc(*"mp4v"), float(fps), size)
     if writer.isOpened():
         try:
-            for overlay in overlays:
-                writer.write(cv2.cvtColor(overlay, cv2.COLOR_RGB2BGR))
+            for frame in frames:
+                writer.write(cv2.cvtColor(frame, cv2.COLOR_RGB2BGR))
         finally:
             writer.release()
         return target
@@ -319,6 +328,6 @@ def write_overlay_video(
     )
     from magma_core.imageio import save_image
 
-    for t, overlay in enumerate(overlays):
-        save_image(folder / f"frame_{t:05d}.png", overlay)
+    for t, frame in enumerate(frames):
+        save_image(folder / f"frame_{t:05d}.png", frame)
     return folder
