@@ -1,0 +1,49 @@
+"""One call from a processed batch to traces or actions, with the matching constrained decoding."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+from transformers import LogitsProcessorList
+
+from magma_core.codecs.action_tokenizer import ACTION_DIM, ActionTokenizer
+from magma_core.codecs.trace_text import ParseResult
+from magma_core.model.constrained import ActionLogitsProcessor, TraceLogitsProcessor
+from magma_core.model.trace_grammar import TraceGrammar
+
+
+def generate_ids(model, batch: dict, logits_processor, max_new_tokens: int, **generate_kwargs) -> torch.Tensor:
+    """Only the new token ids (batch, <= max_new_tokens) of `model.generate` on a processor batch."""
+    inputs = {key: value for key, value in batch.items() if key != "labels"}
+    with torch.inference_mode():
+        out = model.generate(
+            **inputs,
+            max_new_tokens=max_new_tokens,
+            logits_processor=LogitsProcessorList(logits_processor),
+            **generate_kwargs,
+        )
+    return out[:, batch["input_ids"].shape[1] :]
+
+
+def generate_trace(
+    model, processor, batch: dict, grammar: TraceGrammar | None = None, max_new_tokens: int = 256, **generate_kwargs
+) -> tuple[list[ParseResult], torch.Tensor]:
+    """Trace-of-Mark plans under the trace grammar: (one ParseResult per row, the new ids)."""
+    grammar = grammar or TraceGrammar()
+    processor_ = TraceLogitsProcessor(processor.trace_vocabulary, grammar, batch["input_ids"].shape[1], max_new_tokens)
+    ids = generate_ids(model, batch, [processor_], max_new_tokens, **generate_kwargs)
+    options = {"expect_25d": grammar.expect_25d, "expect_steps": grammar.expect_steps, "grid": grammar.grid,
+               "n_depth_bins": grammar.n_depth_bins, "max_marks": grammar.max_marks, "max_steps": grammar.max_steps}
+    return [processor.decode_trace(row, **options) for row in ids], ids
+
+
+def generate_actions(
+    model, processor, batch: dict, action_tokenizer: ActionTokenizer, n_actions: int = 1, **generate_kwargs
+) -> np.ndarray:
+    """Actions (batch, n_actions, 7) in dataset units, written as exactly 7 * n_actions action tokens each."""
+    prompt_length = batch["input_ids"].shape[1]
+    constraint = ActionLogitsProcessor(processor.action_id_range, processor.eos_token_id, prompt_length, n_actions)
+    ids = generate_ids(model, batch, [constraint], ACTION_DIM * n_actions + 1, **generate_kwargs)
+    return np.stack([processor.decode_actions(row, action_tokenizer, n_actions) for row in ids])
+
+
+__all__ = ["generate_ids", "generate_trace", "generate_actions"]

@@ -1,0 +1,186 @@
+"""Constrained decoding: the trace grammar automaton, and random-weight generations that always parse."""
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from magma_core.codecs.action_tokenizer import ActionNormStats, ActionTokenizer
+from magma_core.codecs.trace_text import GridTrace, encode_traces, parse_traces
+from magma_core.errors import InvalidInputError
+from magma_core.model import MagmaConfig, MagmaForConditionalGeneration, MagmaProcessor, TraceGrammar
+from magma_core.model.constrained import TraceLogitsProcessor, token_texts
+from magma_core.model.generation import generate_actions, generate_trace
+from magma_core.model.tokenizer_tiny import EOS_ID, TRACE_END_ID, TRACE_START_ID, train_tiny_tokenizer
+from magma_core.model.trace_grammar import Phase
+from magma_core.prompts import action_prompt, trace_prompt
+
+SMALL = dict(text={"num_hidden_layers": 2, "hidden_size": 128, "intermediate_size": 256}, vision={"hidden_sizes": [16, 32, 64]}, image_size=64)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return MagmaProcessor.for_config(train_tiny_tokenizer(), MagmaConfig.magma_tiny(**SMALL))
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(1)
+    return MagmaForConditionalGeneration(MagmaConfig.magma_tiny(**SMALL)).eval()
+
+
+def _accepts(grammar: TraceGrammar, text: str) -> bool:
+    state = grammar.walk(grammar.initial_state(start_marker_done=True), text)
+    return state is not None and state.phase == Phase.AFTER_MARK
+
+
+# ------------------------------------------------------------------ the automaton
+
+
+@st.composite
+def trace_blocks(draw):
+    n_marks = draw(st.integers(1, 4))
+    n_steps = draw(st.integers(1, 5))
+    with_depth = draw(st.booleans())
+    ids = draw(st.lists(st.integers(0, 999), min_size=n_marks, max_size=n_marks, unique=True))
+    traces = []
+    for mark_id in ids:
+        cells = np.array(draw(st.lists(st.tuples(st.integers(0, 255), st.integers(0, 255)), min_size=n_steps, max_size=n_steps)))
+        if with_depth:
+            depth = np.array(draw(st.lists(st.integers(0, 99), min_size=n_steps, max_size=n_steps)))
+            grip = np.array(draw(st.lists(st.integers(0, 1), min_size=n_steps, max_size=n_steps)))
+            traces.append(GridTrace(mark_id, cells, depth, grip))
+        else:
+            traces.append(GridTrace(mark_id, cells))
+    return traces
+
+
+@settings(max_examples=60, deadline=None)
+@given(trace_blocks())
+def test_every_encoded_trace_is_accepted(traces):
+    text = encode_traces(traces, with_markers=False)
+    assert _accepts(TraceGrammar(), text)
+    assert _accepts(TraceGrammar(expect_steps=traces[0].length, expect_25d=traces[0].is_25d), text)
+    assert not _accepts(TraceGrammar(expect_steps=traces[0].length + 1), text)
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "Mark 1: [(256,0)]",  # outside the grid
+        "Mark 1: [(07,1)]",  # leading zero
+        "Mark 1: [(1,2),(3,4,5,1)]",  # 2D then 2.5D
+        "Mark 1: [(1,2)]\nMark 1: [(3,4)]",  # duplicate id
+        "Mark 1: [(1,2)]\nMark 2: [(1,2),(3,4)]",  # different lengths
+        "Mark 1: [(1,2,100,0)]",  # depth bin >= 100
+        "Mark 1: [(1,2,3,2)]",  # gripper not 0/1
+        "Mark 1000: [(1,2)]",  # id above max_mark_id
+        "Mark 1:[(1,2)]",  # not the canonical spacing
+        "Mark 1: []",  # empty mark
+    ],
+)
+def test_grammar_rejects_what_the_parser_or_the_format_forbids(text):
+    assert not _accepts(TraceGrammar(), text)
+
+
+def test_mark_id_set_and_marker_text_mode():
+    grammar = TraceGrammar(mark_ids=frozenset({3, 12}), markers_as_text=True)
+    state = grammar.walk(grammar.initial_state(), "<trace_start>Mark 12: [(1,2)]\nMark 3: [(4,5)]<trace_end>")
+    assert state is not None and state.phase == Phase.END
+    assert grammar.walk(grammar.initial_state(), "<trace_start>Mark 4") is None
+    # Both allowed ids used: no room for a third mark.
+    assert grammar.walk(grammar.initial_state(), "<trace_start>Mark 12: [(1,2)]\nMark 3: [(4,5)]\n") is None
+
+
+def test_min_tokens_is_exact_for_the_shortest_completion():
+    grammar = TraceGrammar(expect_steps=3, expect_25d=True)
+    start = grammar.initial_state()
+    shortest = "Mark 0: [(0,0,0,0),(0,0,0,0),(0,0,0,0)]"
+    assert grammar.min_tokens_to_finish(start) == 1 + len(shortest) + 1 + 1  # start marker, text, end marker, eos
+    state = grammar.walk(grammar.after_start_marker(start), "Mark 0: [(0,0,0,0),(0,")
+    assert grammar.min_tokens_to_finish(state) == len("0,0,0),(0,0,0,0)]") + 2
+
+
+# ------------------------------------------------------------------ generation with random weights
+
+
+def test_token_texts_decode_byte_level_pieces(processor):
+    texts = token_texts(processor.tokenizer)
+    ids = processor.tokenizer.encode("Mark 1: [(12,3)]\n", add_special_tokens=False)
+    assert "".join(texts[i] for i in ids) == "Mark 1: [(12,3)]\n"
+    assert texts[TRACE_START_ID] is None and texts[EOS_ID] is None and texts[-1] is None
+
+
+def test_fifty_random_trace_generations_all_parse(model, processor):
+    torch.manual_seed(0)
+    image = np.random.default_rng(0).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    marks = [(1, (10, 20)), (2, (100, 200)), (7, (30, 40))]
+    prompts = [trace_prompt("put the red cube on the pad", marks, 2), trace_prompt("open the drawer", marks, 2, with_depth=True)]
+    for prompt, with_depth in zip(prompts, (False, True)):
+        batch = processor([image] * 25, [prompt] * 25)
+        grammar = TraceGrammar(expect_steps=3, expect_25d=with_depth, mark_ids=frozenset(m for m, _ in marks))
+        results, ids = generate_trace(model, processor, batch, grammar, max_new_tokens=64, do_sample=True, top_k=0)
+        assert all(r.ok for r in results), [r.error for r in results if not r.ok]
+        assert all(t.is_25d == with_depth and t.length == 3 for r in results for t in r.traces)
+        assert all(t.mark_id in {1, 2, 7} for r in results for t in r.traces)
+        assert (ids[:, 0] == TRACE_START_ID).all() and ids.shape[1] <= 64
+        for row in ids.tolist():  # every row ends "<trace_end></s>" inside the budget
+            end = row.index(EOS_ID)
+            assert row[end - 1] == TRACE_END_ID
+
+
+def test_tight_budget_still_closes_the_trace(model, processor):
+    image = np.zeros((64, 64, 3), np.uint8)
+    batch = processor([image] * 8, [trace_prompt("push the cube", [(1, (5, 5))], 3)] * 8)
+    grammar = TraceGrammar(expect_steps=4)
+    fewest = grammar.min_tokens_to_finish(grammar.initial_state())
+    results, _ = generate_trace(model, processor, batch, grammar, max_new_tokens=fewest, do_sample=True, top_k=0)
+    assert all(r.ok for r in results)
+    with pytest.raises(InvalidInputError, match="too small for a trace"):
+        TraceLogitsProcessor(processor.trace_vocabulary, grammar, 10, fewest - 1)
+
+
+def test_fifty_random_action_generations_decode_to_seven_numbers(model, processor):
+    torch.manual_seed(0)
+    codec = ActionTokenizer(processor.vocab_size, ActionNormStats(-np.ones(7), np.ones(7) * 2))
+    image = np.random.default_rng(1).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    batch = processor([image] * 50, [action_prompt("put the cube in the bowl")] * 50)
+    actions = generate_actions(model, processor, batch, codec, do_sample=True, top_k=0)
+    assert actions.shape == (50, 1, 7)
+    assert np.all(actions >= -1) and np.all(actions <= 2)
+    assert len(np.unique(actions[:, 0, 0])) > 5  # sampled, not one fixed answer
+    chunk = generate_actions(model, processor, processor([image], [action_prompt("push it")]), codec, n_actions=2)
+    assert chunk.shape == (1, 2, 7)
+
+
+def test_parse_of_generated_text_matches_parser_options(model, processor):
+    image = np.zeros((64, 64, 3), np.uint8)
+    batch = processor([image] * 4, [trace_prompt("push the cube", [(1, (5, 5))], 1, with_depth=True)] * 4)
+    results, ids = generate_trace(model, processor, batch, TraceGrammar(expect_25d=True, max_marks=2), max_new_tokens=48, do_sample=True)
+    for result, row in zip(results, ids):
+        assert result.ok and len(result.traces) <= 2
+        assert parse_traces(processor.decode_text(row), expect_25d=True).ok
+
+
+def test_markers_spelled_as_text_for_tokenizers_without_them(model, processor):
+    from magma_core.model.constrained import TraceVocabulary
+    from magma_core.model.generation import generate_ids
+
+    vocab = TraceVocabulary(processor.tokenizer, processor.eos_token_id, markers_as_text=True)
+    batch = processor([np.zeros((64, 64, 3), np.uint8)] * 6, [trace_prompt("push the cube", [(1, (5, 5))], 1)] * 6)
+    constraint = TraceLogitsProcessor(vocab, TraceGrammar(expect_steps=2), batch["input_ids"].shape[1], 80)
+    torch.manual_seed(3)
+    ids = generate_ids(model, batch, [constraint], 80, do_sample=True, top_k=0)
+    for row in ids:
+        assert TRACE_START_ID not in row.tolist() and TRACE_END_ID not in row.tolist()
+        text = processor.decode_text(row)
+        assert text.startswith("<trace_start>Mark ") and text.endswith("<trace_end>")
+        assert parse_traces(text, expect_steps=2).ok
