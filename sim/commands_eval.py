@@ -15,7 +15,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         description="Run POLICY for N episodes per task on seeds S..S+N-1 in W worker processes. Results are "
         "identical for the same seeds whatever W is. POLICY is 'scripted' (the privileged expert), "
         "'random[:SEED]' or a checkpoint folder with policy.json naming its class.")
-    parser.add_argument("--policy", required=True, help="'scripted', 'random[:SEED]' or a checkpoint folder")
+    parser.add_argument("--policy", required=True, help="'scripted', 'heuristic', 'random[:SEED]' or a checkpoint folder")
     parser.add_argument("--task", default="all", help="a task, a comma-separated list, or 'all' (default)")
     parser.add_argument("--episodes", type=int, default=10, help="episodes per task (default 10)")
     parser.add_argument("--seed-start", type=int, default=DEFAULT_EVAL_SEED_START,

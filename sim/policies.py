@@ -26,7 +26,7 @@ from magma_core.errors import InvalidInputError
 from magma_core.policy import Policy
 from magma_sim.control import MAX_ROTATION, MAX_TRANSLATION, check_control
 
-BUILTIN_POLICIES = ("scripted", "random")
+BUILTIN_POLICIES = ("scripted", "heuristic", "random")
 POLICY_FILES = ("policy.json", "config.json")
 # Only our own packages may be named by a checkpoint's policy.json: a downloaded folder must not
 # make the harness import arbitrary code.
@@ -82,15 +82,15 @@ class RandomPolicy:
 
 
 def parse_policy_spec(spec: str) -> tuple[str, Any]:
-    """("scripted"|"random"|"checkpoint", argument) for a --policy value, checked without loading anything.
+    """("scripted"|"heuristic"|"random"|"checkpoint", argument) for a --policy value, checked without loading anything.
 
     "random" and "random:SEED" pick RandomPolicy; anything else must be a checkpoint folder.
     """
     if not isinstance(spec, str) or not spec.strip():
-        raise InvalidInputError(f"policy must be 'scripted', 'random[:SEED]' or a checkpoint folder, got {spec!r}")
+        raise InvalidInputError(f"policy must be 'scripted', 'heuristic', 'random[:SEED]' or a checkpoint folder, got {spec!r}")
     spec = spec.strip()
-    if spec == "scripted":
-        return "scripted", None
+    if spec in ("scripted", "heuristic"):
+        return spec, None
     if spec == "random" or spec.startswith("random:"):
         _, _, seed = spec.partition(":")
         try:
@@ -135,7 +135,7 @@ def _check_class_path(value: Any, source: Path) -> str:
 
 
 def load_policy(spec: str, *, control_hz: int = 10) -> Policy:
-    """Build the policy a --policy value names: "scripted", "random[:SEED]" or a checkpoint folder.
+    """Build the policy a --policy value names: "scripted", "heuristic", "random[:SEED]" or a checkpoint folder.
 
     A checkpoint folder holds policy.json (or config.json) with ``{"policy_class": "module:Class"}``;
     the class (in magma_core or magma_sim) is built with ``Class.from_pretrained(folder)``.
@@ -145,6 +145,10 @@ def load_policy(spec: str, *, control_hz: int = 10) -> Policy:
         return ScriptedPolicy(control="waypoint", control_hz=control_hz)
     if kind == "random":
         return RandomPolicy(seed=arg)
+    if kind == "heuristic":
+        from magma_core.policies.heuristic import HeuristicPolicy
+
+        return HeuristicPolicy()
     folder, class_path = arg
     module_name, class_name = class_path.split(":")
     try:

@@ -300,3 +300,15 @@ def test_checkpoint_folders(tmp_path, monkeypatch):
     (folder / "config.json").write_text(json.dumps({"model_type": "magma"}))
     with pytest.raises(InvalidInputError, match="policy.json"):
         load_policy(str(folder))
+
+
+def test_heuristic_policy_sees_only_observations_and_succeeds():
+    """The built-in non-privileged baseline runs through the harness (it never gets info)."""
+    from magma_sim.evaluate import EvalConfig, evaluate
+    from magma_sim.policies import load_policy
+
+    policy = load_policy("heuristic")
+    assert not getattr(policy, "privileged", False)
+    report = evaluate(policy, tasks="pick_place", episodes=2, seed_start=10000, workers=1, config=EvalConfig(image_size=128))
+    summary = report.to_dict()
+    assert [e["success"] for e in summary["episodes"]] == [True, True]
