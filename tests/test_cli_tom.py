@@ -1,4 +1,4 @@
-"""`magma tom extract` and `magma demo`: files written, their content, summaries and errors."""
+"""`magma tom extract` and `magma tom-demo`: files written, their content, summaries and errors."""
 from __future__ import annotations
 
 import argparse
@@ -108,7 +108,7 @@ def test_tom_extract_through_the_magma_cli_reports_errors(tmp_path, capsys):
 
 def test_demo_writes_everything_and_scores_against_ground_truth(tmp_path, capsys):
     out = tmp_path / "demo"
-    assert _run(["demo", "--out", str(out), "--seed", "0", "--json"]) == 0
+    assert _run(["tom-demo", "--out", str(out), "--seed", "0", "--json"]) == 0
     summary = json.loads(capsys.readouterr().out)
     for name in ("clip", "traces", "overlay_png", "overlay_video"):
         assert Path(summary["outputs"][name]).exists()
@@ -122,6 +122,6 @@ def test_demo_writes_everything_and_scores_against_ground_truth(tmp_path, capsys
 
 
 def test_demo_human_summary_mentions_the_error(tmp_path, capsys):
-    assert _run(["demo", "--out", str(tmp_path / "d"), "--seed", "1"]) == 0
+    assert _run(["tom-demo", "--out", str(tmp_path / "d"), "--seed", "1"]) == 0
     out = capsys.readouterr().out
     assert "tracking error vs ground truth: median" in out and "moving marks lie on moving objects" in out

@@ -1,4 +1,4 @@
-"""`magma demo`: Trace-of-Mark end to end on a generated clip, scored against its ground truth.
+"""`magma tom-demo`: Trace-of-Mark end to end on a generated clip, scored against its ground truth.
 
 Generates a synthetic clip (panning camera, moving and rotating textured objects), writes it as
 clip.mp4, reads it back and runs the same extraction as `magma tom extract` (so video compression
@@ -20,7 +20,7 @@ DEMO_FPS = 10.0
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser(
-        "demo",
+        "tom-demo",
         help="generate a clip, extract Trace-of-Mark labels from it, and score them against ground truth",
         description="Synthetic clip (panning camera, moving objects) -> clip.mp4 -> Trace-of-Mark extraction "
         "-> traces.json, overlay.png, overlay.mp4, with tracking error against the known motion.",
@@ -67,7 +67,7 @@ def run(args: argparse.Namespace) -> int:
         f"mark traces vs ground truth: median {_px(err['mark_trace_median_px'])}; "
         f"{err['moving_marks_on_moving_objects']} of {summary['n_moving_marks']} moving marks lie on moving objects",
     )
-    print_summary(summary, args.json, title=f"magma demo (seed {args.seed}): synthetic clip, panning camera, {clip.config.n_objects} moving objects", extra_lines=extra)
+    print_summary(summary, args.json, title=f"magma tom-demo (seed {args.seed}): synthetic clip, panning camera, {clip.config.n_objects} moving objects", extra_lines=extra)
     return 0
 
 

@@ -11,7 +11,7 @@ setup(
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),
-        (f"share/{PACKAGE}/config", ["config/magma.yaml"]),
+        (f"share/{PACKAGE}/config", ["config/magma.yaml", "config/fastdds_localhost.xml"]),
         (f"share/{PACKAGE}/launch", ["launch/bringup.launch.py"]),
     ],
     install_requires=["setuptools"],

@@ -85,20 +85,30 @@ def ros_value(value: Any) -> str:
     raise InvalidInputError(f"cannot pass a {type(value).__name__} as a ROS parameter: {value!r}")
 
 
-def default_params_file() -> str:
-    """config/magma.yaml: beside the sources (pip/editable) or in the package share folder (colcon)."""
-    beside = Path(__file__).resolve().parent.parent / "config" / "magma.yaml"
+def config_file(name: str) -> str:
+    """Path of a file of the package's config/ folder: beside the sources (pip/editable) or in the package
+    share folder (colcon); empty when neither has it."""
+    beside = Path(__file__).resolve().parent.parent / "config" / name
     if beside.is_file():
         return str(beside)
     try:
         from ament_index_python.packages import get_package_share_directory
 
-        installed = Path(get_package_share_directory(PACKAGE)) / "config" / "magma.yaml"
+        installed = Path(get_package_share_directory(PACKAGE)) / "config" / name
         if installed.is_file():
             return str(installed)
-    except Exception:  # ament_index is absent or does not know the package: say what is missing below
+    except Exception:  # ament_index is absent or does not know the package
         pass
-    raise InvalidInputError(f"cannot find config/magma.yaml (looked at {beside} and the '{PACKAGE}' share folder)")
+    return ""
+
+
+def default_params_file() -> str:
+    """config/magma.yaml, wherever the package is installed."""
+    found = config_file("magma.yaml")
+    if not found:
+        raise InvalidInputError(f"cannot find config/magma.yaml (beside {Path(__file__).parent} or in the "
+                                f"'{PACKAGE}' share folder)")
+    return found
 
 
 def parse_bool(value: bool | str, name: str) -> bool:

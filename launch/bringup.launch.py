@@ -1,0 +1,1 @@
+../ros_ws/src/magma/launch/bringup.launch.py
