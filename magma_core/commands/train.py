@@ -1,0 +1,54 @@
+"""`magma train --config CONFIG.yaml [--resume]`: train a Magma model on a mixture of datasets and objectives."""
+from __future__ import annotations
+
+import argparse
+import json
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    parser = subparsers.add_parser(
+        "train", help="train magma-tiny on LeRobot v3 datasets (grounding, trace, action objectives)",
+        description="Train a Magma model from a YAML/JSON config (see configs/train_tiny.yaml). The checkpoint "
+        "folder OUT/checkpoint is also a policy: `magma eval --policy OUT/checkpoint`. Progress on stderr; "
+        "metrics in OUT/metrics.csv.")
+    parser.add_argument("--config", required=True, metavar="CONFIG", help="training config (.yaml, .yml or .json)")
+    parser.add_argument("--resume", action="store_true", help="continue the run saved in OUT/checkpoint")
+    parser.add_argument("--out", default=None, help="override the config's output folder")
+    parser.add_argument("--steps", type=int, default=None, help="override the number of optimizer steps")
+    parser.add_argument("--batch-size", type=int, default=None, help="override the batch size")
+    parser.add_argument("--lr", type=float, default=None, help="override the peak learning rate")
+    parser.add_argument("--seed", type=int, default=None, help="override the seed")
+    parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="override the device")
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--json", action="store_true", help="print the summary as JSON")
+    parser.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    from magma_core.errors import InvalidInputError
+    from magma_core.training.config import load_config
+    from magma_core.training.trainer import Trainer
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise InvalidInputError(f"--threads must be >= 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    config = load_config(args.config, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+                         seed=args.seed, device=args.device)
+    trainer = Trainer(config, resume=args.resume)
+    started = trainer.step
+    result = trainer.train()
+    summary = dict(result.to_dict(), started_at_step=started, out=config.out)
+    summary["losses"] = [round(x, 5) for x in result.losses]
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        first, last = summary["first_loss"], summary["last_loss"]
+        loss = f"loss {first:.3f} -> {last:.3f}" if first is not None else "no steps run (already at the last step)"
+        print(f"trained steps {started} -> {result.step} of {config.steps} in {result.seconds:.1f} s "
+              f"({result.examples_per_second:.1f} examples/s); {loss}")
+        print(f"checkpoint: {result.checkpoint}  (policy: magma eval --policy {result.checkpoint})")
+        print(f"metrics: {config.out}/metrics.csv")
+    return 0

@@ -1,0 +1,178 @@
+"""`TrainConfig`: everything a training run needs, read from YAML or JSON and checked before any work starts."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from magma_core.errors import InvalidInputError
+
+OBJECTIVES = ("grounding", "trace", "action")
+MODEL_PRESETS = ("magma_tiny",)
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    """One LeRobot v3 dataset folder and its share of the mixture."""
+
+    path: str
+    weight: float = 1.0
+    stride: int = 1  # use every stride-th frame
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """A training run. Steps count optimizer updates; each update sees batch_size * grad_accum examples."""
+
+    datasets: tuple[DatasetSpec, ...]
+    out: str = "runs/magma-tiny"
+    objectives: dict = field(default_factory=lambda: {"grounding": 0.2, "trace": 0.6, "action": 0.2})
+    model: str = "magma_tiny"
+    model_overrides: dict = field(default_factory=dict)  # MagmaConfig.magma_tiny(text=..., vision=..., **rest)
+    steps: int = 1000
+    batch_size: int = 8
+    grad_accum: int = 1
+    lr: float = 1e-3
+    weight_decay: float = 0.01
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1  # the cosine ends at lr * min_lr_ratio
+    max_grad_norm: float = 1.0
+    seed: int = 0
+    save_every: int = 200
+    log_every: int = 10
+    trace_steps: int = 4  # future positions per trace in the answer
+    trace_stride: int = 4  # recorded steps between two trace positions
+    object_id_range: int = 6  # object/place marks get random ids in 2..object_id_range+1 (the gripper is 1)
+    color_jitter: float = 0.1  # max relative brightness/contrast/channel gain change
+    max_shift_px: int = 4  # max image shift (pixels), applied to the trace pixels too
+    device: str = "auto"  # "auto", "cpu" or "cuda"
+    mode: str = "trace"  # what the saved policy answers with: "trace" or "action"
+
+    def __post_init__(self) -> None:
+        specs = self.datasets
+        if isinstance(specs, (str, dict, DatasetSpec)) or not specs:
+            raise InvalidInputError("config 'datasets' must be a non-empty list of {path, weight} entries")
+        object.__setattr__(self, "datasets", tuple(_dataset_spec(s, i) for i, s in enumerate(specs)))
+        if not isinstance(self.objectives, dict) or not self.objectives:
+            raise InvalidInputError(f"config 'objectives' must map some of {OBJECTIVES} to weights")
+        unknown = set(self.objectives) - set(OBJECTIVES)
+        if unknown:
+            raise InvalidInputError(f"unknown objective(s) {sorted(unknown)}; choose from {OBJECTIVES}")
+        for name, weight in self.objectives.items():
+            _check_number(f"objectives.{name}", weight, minimum=0.0)
+        if sum(float(w) for w in self.objectives.values()) <= 0:
+            raise InvalidInputError("objective weights must not all be zero")
+        if self.model not in MODEL_PRESETS:
+            raise InvalidInputError(f"model must be one of {MODEL_PRESETS}, got {self.model!r}")
+        if not isinstance(self.model_overrides, dict):
+            raise InvalidInputError("model_overrides must be a mapping")
+        for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "trace_steps", "trace_stride", "object_id_range"):
+            _check_int(name, getattr(self, name), minimum=1)
+        for name in ("warmup_steps", "max_shift_px", "seed"):
+            _check_int(name, getattr(self, name), minimum=0)
+        _check_number("lr", self.lr, minimum=0.0, strict=True)
+        _check_number("weight_decay", self.weight_decay, minimum=0.0)
+        _check_number("min_lr_ratio", self.min_lr_ratio, minimum=0.0, maximum=1.0)
+        _check_number("max_grad_norm", self.max_grad_norm, minimum=0.0, strict=True)
+        _check_number("color_jitter", self.color_jitter, minimum=0.0, maximum=0.9)
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise InvalidInputError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.mode not in ("trace", "action"):
+            raise InvalidInputError(f"mode must be 'trace' or 'action', got {self.mode!r}")
+        if not isinstance(self.out, str) or not self.out:
+            raise InvalidInputError("out must be a non-empty path")
+
+    @property
+    def objective_weights(self) -> dict[str, float]:
+        return {name: float(self.objectives.get(name, 0.0)) for name in OBJECTIVES}
+
+    def replace(self, **changes) -> "TrainConfig":
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict:
+        data = dataclasses.asdict(self)
+        data["datasets"] = [dataclasses.asdict(s) for s in self.datasets]
+        return data
+
+    @classmethod
+    def from_dict(cls, data: Any) -> "TrainConfig":
+        if not isinstance(data, dict):
+            raise InvalidInputError(f"a training config must be a mapping, got {type(data).__name__}")
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise InvalidInputError(f"unknown config key(s) {unknown}; known keys: {sorted(known)}")
+        if "datasets" not in data:
+            raise InvalidInputError("config needs 'datasets'")
+        try:
+            return cls(**data)
+        except TypeError as exc:
+            raise InvalidInputError(f"bad training config: {exc}") from exc
+
+
+def load_config(path: str | Path, **overrides) -> TrainConfig:
+    """Read a YAML (.yaml/.yml) or JSON config; `overrides` (not None) replace its keys. Relative dataset
+    paths are taken relative to the config file's folder."""
+    path = Path(path)
+    if not path.is_file():
+        raise InvalidInputError(f"training config not found: {path}")
+    text = path.read_text()
+    try:
+        if path.suffix.lower() in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            data = json.loads(text)
+    except Exception as exc:  # yaml and json raise different types; both mean the same to the user
+        raise InvalidInputError(f"cannot parse {path}: {exc}") from exc
+    if not isinstance(data, dict):
+        raise InvalidInputError(f"{path} must hold a mapping of config keys")
+    datasets = data.get("datasets")
+    if isinstance(datasets, list):
+        data["datasets"] = [_relative_to(entry, path.parent) for entry in datasets]
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    return TrainConfig.from_dict(data)
+
+
+def _relative_to(entry: Any, base: Path) -> Any:
+    if isinstance(entry, str):
+        entry = {"path": entry}
+    if isinstance(entry, dict) and isinstance(entry.get("path"), str) and not Path(entry["path"]).is_absolute():
+        entry = dict(entry, path=str(base / entry["path"]))
+    return entry
+
+
+def _dataset_spec(value: Any, index: int) -> DatasetSpec:
+    if isinstance(value, DatasetSpec):
+        spec = value
+    elif isinstance(value, str):
+        spec = DatasetSpec(value)
+    elif isinstance(value, dict):
+        unknown = set(value) - {"path", "weight", "stride"}
+        if unknown or "path" not in value:
+            raise InvalidInputError(f"datasets[{index}] needs 'path' (and optional weight, stride); got keys {sorted(value)}")
+        spec = DatasetSpec(**value)
+    else:
+        raise InvalidInputError(f"datasets[{index}] must be a path or a mapping, got {type(value).__name__}")
+    if not isinstance(spec.path, str) or not spec.path:
+        raise InvalidInputError(f"datasets[{index}].path must be a non-empty string")
+    _check_number(f"datasets[{index}].weight", spec.weight, minimum=0.0, strict=True)
+    _check_int(f"datasets[{index}].stride", spec.stride, minimum=1)
+    return spec
+
+
+def _check_int(name: str, value: Any, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise InvalidInputError(f"{name} must be an integer >= {minimum}, got {value!r}")
+
+
+def _check_number(name: str, value: Any, minimum: float, maximum: float | None = None, strict: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise InvalidInputError(f"{name} must be a finite number, got {value!r}")
+    if value < minimum or (strict and value == minimum) or (maximum is not None and value > maximum):
+        bound = f"> {minimum}" if strict else f">= {minimum}"
+        raise InvalidInputError(f"{name} must be {bound}{f' and <= {maximum}' if maximum is not None else ''}, got {value!r}")

@@ -1,0 +1,166 @@
+"""`MagmaPolicy`: a trained Magma checkpoint behind the `Policy` contract.
+
+Trace mode (default): marks are proposed from the observation (`propose_marks`: the gripper is
+mark 1, objects and regions follow), drawn on the image and listed in the Trace-of-Mark prompt;
+the model writes a 2.5D trace under the trace grammar (only the proposed mark ids, exactly
+``trace_steps + 1`` steps, depth bins and gripper bits), which is decoded to pixel traces with
+depth in metres and a gripper state, the gripper's trace first. The output dict has the layout
+of `HeuristicPolicy`'s. Action mode: the model writes 7 action tokens, decoded with the
+training data's q01/q99 into an end-effector delta and gripper command.
+
+A checkpoint folder written by the trainer holds ``policy.json`` (naming this class, for
+``magma eval --policy DIR``) and ``magma_policy.json`` (mode, trace length, depth binning,
+action statistics) beside the model's and processor's files.
+"""
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from magma_core.codecs.action_tokenizer import ActionNormStats, ActionTokenizer
+from magma_core.codecs.trace_text import DepthBinning, encode_traces, traces_from_grid_traces
+from magma_core.errors import InvalidInputError
+from magma_core.prompts import action_prompt, trace_prompt
+from magma_core.som.draw import draw_marks
+from magma_core.som.propose import GRIPPER_MARK_ID, ProposalConfig, propose_marks
+from magma_core.training.samples_builder import prompt_marks
+
+POLICY_FILE = "policy.json"
+POLICY_CONFIG_FILE = "magma_policy.json"
+POLICY_CLASS = "magma_core.training.policy:MagmaPolicy"
+MODES = ("trace", "action")
+TOKENS_PER_STEP = 16  # generous: "(123,45,67,1)," is at most 14 characters
+
+
+def write_policy_files(directory: str | os.PathLike, config, action_stats: ActionNormStats | None,
+                       depth_binning: DepthBinning) -> None:
+    """Write policy.json and magma_policy.json for a checkpoint trained with `config` (a TrainConfig)."""
+    directory = Path(directory)
+    (directory / POLICY_FILE).write_text(json.dumps({"policy_class": POLICY_CLASS}, indent=2) + "\n")
+    data = {
+        "mode": config.mode,
+        "trace_steps": config.trace_steps,
+        "trace_stride": config.trace_stride,
+        "depth_binning": depth_binning.to_dict(),
+        "action_stats": action_stats.to_dict() if action_stats is not None else None,
+    }
+    (directory / POLICY_CONFIG_FILE).write_text(json.dumps(data, indent=2) + "\n")
+
+
+class MagmaPolicy:
+    """Runs a Magma model per observation; see the module docstring."""
+
+    def __init__(self, model, processor, mode: str = "trace", trace_steps: int = 4, trace_stride: int = 1,
+                 depth_binning: DepthBinning = DepthBinning(), action_stats: ActionNormStats | None = None,
+                 proposal: ProposalConfig = ProposalConfig(), max_marks: int = 2) -> None:
+        if mode not in MODES:
+            raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
+        if isinstance(trace_steps, bool) or not isinstance(trace_steps, int) or trace_steps < 1:
+            raise InvalidInputError(f"trace_steps must be a positive integer, got {trace_steps!r}")
+        if mode == "action" and action_stats is None:
+            raise InvalidInputError("action mode needs the training data's action statistics (q01/q99)")
+        self.model = model.eval()
+        self.processor = processor
+        self.mode = mode
+        self.trace_steps = trace_steps
+        self.trace_stride = int(trace_stride)
+        self.depth_binning = depth_binning
+        self.proposal_config = proposal
+        self.max_marks = int(max_marks)
+        self.action_tokenizer = ActionTokenizer(processor.vocab_size, action_stats) if action_stats is not None else None
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike, mode: str | None = None, device: str = "cpu") -> "MagmaPolicy":
+        """Load a checkpoint folder (safetensors weights only; pickles are refused)."""
+        from magma_core.model import MagmaForConditionalGeneration, MagmaProcessor
+        from magma_core.model.safe_loading import CheckpointError, checkpoint_directory
+
+        root = checkpoint_directory(path)
+        config_path = root / POLICY_CONFIG_FILE
+        if not config_path.is_file():
+            raise CheckpointError(f"{root} has no {POLICY_CONFIG_FILE}; it is not a checkpoint written by `magma train`")
+        try:
+            data = json.loads(config_path.read_text())
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise CheckpointError(f"cannot read {config_path}: {exc}") from exc
+        if not isinstance(data, dict):
+            raise CheckpointError(f"{config_path} must hold a JSON object")
+        model = MagmaForConditionalGeneration.from_pretrained(root, device=device)
+        processor = MagmaProcessor.from_pretrained(root)
+        processor.check_model_config(model.config)
+        stats = data.get("action_stats")
+        try:
+            return cls(
+                model,
+                processor,
+                mode=mode or data.get("mode", "trace"),
+                trace_steps=int(data.get("trace_steps", 4)),
+                trace_stride=int(data.get("trace_stride", 1)),
+                depth_binning=DepthBinning.from_dict(data.get("depth_binning", DepthBinning().to_dict())),
+                action_stats=ActionNormStats.from_dict(stats) if stats is not None else None,
+            )
+        except (TypeError, ValueError) as exc:
+            raise CheckpointError(f"{config_path} is malformed: {exc}") from exc
+
+    def reset(self) -> None:
+        """Nothing to forget: each call plans from its observation alone."""
+
+    def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
+        """Trace mode: {marks, trace (gripper first, 2.5D pixels), trace_text, target_object, target_place,
+        phase, gripper_mark, proposal}; action mode: {actions (1, 7), action_space}."""
+        if not isinstance(obs, dict):
+            raise InvalidInputError(f"observation must be a dict, got {type(obs).__name__}")
+        if not isinstance(obs.get("instruction"), str):
+            raise InvalidInputError("observation lacks an 'instruction' string")
+        if "rgb" not in obs:
+            raise InvalidInputError("observation lacks 'rgb'")
+        if self.mode == "action":
+            return self._infer_action(obs)
+        return self._infer_trace(obs)
+
+    def _infer_trace(self, obs: dict[str, Any]) -> dict[str, Any]:
+        from magma_core.model import TraceGrammar, UnparsableOutputError
+        from magma_core.model.generation import generate_trace
+
+        proposal = propose_marks(obs, self.proposal_config)
+        width, height = proposal.image_size
+        marks = prompt_marks(proposal.marks, width, height)
+        if not marks:
+            raise UnparsableOutputError("no marks were proposed in this observation; nothing to plan for")
+        image = draw_marks(np.asarray(obs["rgb"]), proposal.marks)
+        prompt = trace_prompt(obs["instruction"], marks, self.trace_steps, with_depth=True)
+        batch = self.processor([image], [prompt])
+        grammar = TraceGrammar(expect_steps=self.trace_steps + 1, expect_25d=True, n_depth_bins=self.depth_binning.n_bins,
+                               mark_ids=frozenset(m for m, _ in marks), max_marks=min(self.max_marks, len(marks)))
+        budget = 16 + grammar.max_marks * (8 + TOKENS_PER_STEP * (self.trace_steps + 1))
+        results, _ = generate_trace(self.model, self.processor, batch, grammar, max_new_tokens=budget, do_sample=False)
+        result = results[0]
+        if not result.ok:
+            raise UnparsableOutputError(f"the model's trace did not parse: {result.error}")
+        grid = sorted(result.traces, key=lambda t: (t.mark_id != GRIPPER_MARK_ID, t.mark_id))
+        traces = traces_from_grid_traces(grid, width, height, self.depth_binning)
+        others = [t.mark_id for t in grid if t.mark_id != GRIPPER_MARK_ID]
+        return {
+            "marks": proposal.marks,
+            "trace": traces,
+            "trace_text": encode_traces(grid, n_depth_bins=self.depth_binning.n_bins),
+            "target_object": others[0] if others else None,
+            "target_place": None,
+            "phase": "model",
+            "gripper_mark": GRIPPER_MARK_ID,
+            "proposal": proposal,
+        }
+
+    def _infer_action(self, obs: dict[str, Any]) -> dict[str, Any]:
+        from magma_core.model.generation import generate_actions
+
+        batch = self.processor([np.asarray(obs["rgb"])], [action_prompt(obs["instruction"])])
+        actions = generate_actions(self.model, self.processor, batch, self.action_tokenizer, n_actions=1, do_sample=False)
+        return {"actions": actions[0], "action_space": "ee_delta"}
+
+
+__all__ = ["MagmaPolicy", "write_policy_files", "POLICY_CLASS", "POLICY_FILE", "POLICY_CONFIG_FILE"]

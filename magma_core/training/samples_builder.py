@@ -1,0 +1,133 @@
+"""Turn a `Sample` into (image, prompt, answer) for the three training objectives.
+
+Ground-truth marks come from the sample's ground-truth traces (first step of each): trace 0 is
+the gripper (always mark 1, as `propose_marks` numbers it at run time), trace 1 the task's
+object, trace 2 the place when there is one. The object and place get ids drawn from
+``2..object_id_range+1`` (by the caller's rng), so the model reads which mark is which from the
+image and the instruction rather than learning a fixed number.
+
+- grounding (Set-of-Mark): marks drawn on the image, answer "Mark k" for the object.
+- trace (Trace-of-Mark): marks drawn, answer the 2.5D trace (grid cells, depth bins, gripper
+  state) of the gripper and the object over the next `trace_steps` positions.
+- action: the plain image, answer the 7 action tokens of the recorded action.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from magma_core.codecs.action_tokenizer import ActionTokenizer
+from magma_core.codecs.trace_text import DepthBinning, GridTrace, grid_traces_from_traces, marks_from_grid_traces
+from magma_core.data.samples import Sample
+from magma_core.errors import InvalidInputError
+from magma_core.grid import pixels_to_grid
+from magma_core.prompts import action_answer_ids, action_prompt, grounding_answer, grounding_prompt, trace_answer, trace_prompt
+from magma_core.som.draw import draw_marks
+from magma_core.som.marks import Mark, MarkSet
+from magma_core.tom.types import Trace
+
+GRIPPER_MARK_ID = 1
+GRIPPER_TRACE, OBJECT_TRACE = 0, 1
+
+
+@dataclass
+class TrainingItem:
+    """One example before tokenisation: exactly one of `answer` (text) or `answer_ids` (action tokens)."""
+
+    objective: str
+    image: np.ndarray
+    prompt: str
+    answer: str | None = None
+    answer_ids: np.ndarray | None = None
+
+
+def has_traces(sample: Sample) -> bool:
+    """True if the sample carries ground-truth traces of the gripper and at least one object."""
+    return sample.gt_trace is not None and sample.gt_trace.ndim == 3 and sample.gt_trace.shape[0] >= 2
+
+
+def mark_ids_for(sample: Sample, rng: np.random.Generator | None, object_id_range: int) -> list[int]:
+    """Mark id of each ground-truth trace: 1 for the gripper, distinct random ids >= 2 for the rest."""
+    n = _check_traces(sample)
+    if n - 1 > object_id_range:
+        raise InvalidInputError(f"the sample has {n - 1} object traces but object_id_range is {object_id_range}")
+    pool = np.arange(2, object_id_range + 2)
+    others = pool[: n - 1] if rng is None else rng.choice(pool, size=n - 1, replace=False)
+    return [GRIPPER_MARK_ID] + [int(i) for i in others]
+
+
+def gt_marks(sample: Sample, mark_ids: list[int]) -> MarkSet:
+    """The marks at the first step of each ground-truth trace, in pixels (gripper kind for mark 1)."""
+    points = np.asarray(sample.gt_trace[:, 0, :2], dtype=np.float64)
+    h, w = sample.rgb.shape[:2]
+    points = np.clip(points, 0, [w - 1, h - 1])
+    marks = [Mark(mark_id, point=tuple(p), kind="gripper" if mark_id == GRIPPER_MARK_ID else "object")
+             for mark_id, p in zip(mark_ids, points)]
+    return MarkSet(sorted(marks, key=lambda m: m.id))
+
+
+def prompt_marks(marks: MarkSet, width: int, height: int) -> list[tuple[int, tuple[int, int]]]:
+    """(id, grid cell) of each mark, for the prompt's mark list."""
+    cells = pixels_to_grid(marks.centers(), width, height)
+    return [(m.id, (int(c[0]), int(c[1]))) for m, c in zip(marks, cells)]
+
+
+def build_grounding(sample: Sample, mark_ids: list[int], variant: int = 0) -> TrainingItem:
+    """Set-of-Mark grounding: which drawn mark is the instruction's object."""
+    marks = gt_marks(sample, mark_ids)
+    h, w = sample.rgb.shape[:2]
+    prompt = grounding_prompt(sample.instruction, prompt_marks(marks, w, h), variant=variant)
+    return TrainingItem("grounding", draw_marks(sample.rgb, marks), prompt, answer=grounding_answer([mark_ids[OBJECT_TRACE]]))
+
+
+def trace_indices(n_recorded: int, trace_steps: int, trace_stride: int) -> np.ndarray:
+    """Indices into a recorded trace (n_recorded steps) of now and the next `trace_steps` positions, clamped."""
+    return np.minimum(np.arange(trace_steps + 1) * trace_stride, n_recorded - 1)
+
+
+def gt_grid_traces(sample: Sample, mark_ids: list[int], trace_steps: int, trace_stride: int,
+                   depth_binning: DepthBinning) -> list[GridTrace]:
+    """2.5D grid traces of the gripper then the object (the gripper state is the hand's, for both)."""
+    _check_traces(sample)
+    if sample.gt_trace_gripper is None:
+        raise InvalidInputError("the sample has traces but no gt_trace_gripper")
+    idx = trace_indices(sample.gt_trace.shape[1], trace_steps, trace_stride)
+    gripper = np.clip(np.asarray(sample.gt_trace_gripper, dtype=np.float64)[idx], 0.0, 1.0)
+    traces = []
+    for index in (GRIPPER_TRACE, OBJECT_TRACE):
+        uvd = np.asarray(sample.gt_trace[index], dtype=np.float64)[idx]
+        traces.append(Trace(mark_ids[index], uvd[:, :2], np.ones(len(idx), bool), depth=uvd[:, 2], gripper=gripper))
+    h, w = sample.rgb.shape[:2]
+    return grid_traces_from_traces(traces, w, h, depth_binning)
+
+
+def build_trace(sample: Sample, mark_ids: list[int], trace_steps: int, trace_stride: int,
+                depth_binning: DepthBinning, variant: int = 0) -> TrainingItem:
+    """Trace-of-Mark planning: the gripper's and the object's next positions (2.5D) from the drawn marks."""
+    marks = gt_marks(sample, mark_ids)
+    h, w = sample.rgb.shape[:2]
+    grid = gt_grid_traces(sample, mark_ids, trace_steps, trace_stride, depth_binning)
+    prompt = trace_prompt(sample.instruction, prompt_marks(marks, w, h), trace_steps, with_depth=True, variant=variant)
+    return TrainingItem("trace", draw_marks(sample.rgb, marks), prompt, answer=trace_answer(grid, trace_steps))
+
+
+def build_action(sample: Sample, action_tokenizer: ActionTokenizer, variant: int = 0) -> TrainingItem:
+    """Magma's robot head: the recorded 7-number action as action tokens."""
+    if sample.action is None:
+        raise InvalidInputError(f"episode {sample.episode_index} frame {sample.frame_index} has no 7-number action")
+    ids = action_answer_ids(np.asarray(sample.action, dtype=np.float64), action_tokenizer)
+    return TrainingItem("action", sample.rgb, action_prompt(sample.instruction, variant=variant), answer_ids=ids)
+
+
+def _check_traces(sample: Sample) -> int:
+    if not has_traces(sample):
+        raise InvalidInputError(
+            f"episode {sample.episode_index} frame {sample.frame_index} has no ground-truth traces of the gripper and an object")
+    if sample.gt_trace.shape[-1] != 3 or not np.isfinite(sample.gt_trace).all():
+        raise InvalidInputError("gt_trace must be (M, n+1, 3) finite pixel u, v and depth")
+    return int(sample.gt_trace.shape[0])
+
+
+__all__ = ["TrainingItem", "has_traces", "mark_ids_for", "gt_marks", "prompt_marks", "build_grounding", "build_trace",
+           "build_action", "gt_grid_traces", "trace_indices", "marks_from_grid_traces"]
