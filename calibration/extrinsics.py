@@ -34,7 +34,7 @@ import numpy as np
 
 from magma_calibration.errors import CalibrationFileError
 from magma_calibration.transforms import matrix_to_pose, pose_to_matrix
-from magma_calibration.yaml_io import atomic_write_text, format_float, format_floats, load_mapping
+from magma_calibration.yaml_io import atomic_write_text, finite_vector, format_float, format_floats, load_mapping
 
 MODES = ("eye_to_hand", "eye_in_hand", "fixed")
 
@@ -148,8 +148,8 @@ def _read_transform(node: dict, where: str) -> np.ndarray:
             raise CalibrationFileError(f"{where}: matrix must be 4x4, got shape {M.shape}")
         from_matrix = _rigid(M, f"{where} matrix")
     if "translation" in node or "rotation_xyzw" in node:
-        t = _numbers(node.get("translation"), 3, f"{where}: translation")
-        q = _numbers(node.get("rotation_xyzw"), 4, f"{where}: rotation_xyzw")
+        t = finite_vector(node.get("translation"), 3, f"{where}: translation")
+        q = finite_vector(node.get("rotation_xyzw"), 4, f"{where}: rotation_xyzw")
         norm = np.linalg.norm(q)
         if abs(norm - 1.0) > 1e-3:
             raise CalibrationFileError(f"{where}: rotation_xyzw must be a unit quaternion, its norm is {norm:.6g}")
@@ -159,20 +159,6 @@ def _read_transform(node: dict, where: str) -> np.ndarray:
     if from_matrix is not None and from_pose is not None and not np.allclose(from_matrix, from_pose, atol=1e-6):
         raise CalibrationFileError(f"{where}: matrix and translation + rotation_xyzw disagree; keep one")
     return from_matrix if from_matrix is not None else from_pose
-
-
-def _numbers(value: object, size: int, where: str) -> np.ndarray:
-    if value is None:
-        raise CalibrationFileError(f"{where}: missing")
-    try:
-        v = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise CalibrationFileError(f"{where}: expected {size} numbers, got {value!r}") from exc
-    if v.shape != (size,):
-        raise CalibrationFileError(f"{where}: expected {size} numbers, got {value!r}")
-    if not np.all(np.isfinite(v)):
-        raise CalibrationFileError(f"{where}: contains NaN or inf")
-    return v
 
 
 def _rigid(T: object, where: str) -> np.ndarray:

@@ -34,7 +34,7 @@ import numpy as np
 
 from magma_calibration.errors import CalibrationFileError
 from magma_calibration.transforms import matrix_to_pose, pose_to_matrix
-from magma_calibration.yaml_io import atomic_write_text, format_floats, load_mapping
+from magma_calibration.yaml_io import atomic_write_text, finite_vector, format_floats, load_mapping
 
 FORMAT = "magma.handeye_samples.v1"
 SAMPLES_FILES = ("samples.yaml", "samples.json")
@@ -140,26 +140,14 @@ def read_samples(folder: str | os.PathLike) -> SampleSet:
         image_path = folder / str(entry["image"])
         if not image_path.is_file():
             raise CalibrationFileError(f"{where}: image {image_path} not found")
-        position = _vector(entry["ee_position"], 3, f"{where} ee_position")
-        quat = _vector(entry["ee_orientation_xyzw"], 4, f"{where} ee_orientation_xyzw")
+        position = finite_vector(entry["ee_position"], 3, f"{where} ee_position")
+        quat = finite_vector(entry["ee_orientation_xyzw"], 4, f"{where} ee_orientation_xyzw")
         norm = np.linalg.norm(quat)
         if abs(norm - 1.0) > 1e-3:
             raise CalibrationFileError(f"{where}: ee_orientation_xyzw must be a unit quaternion, its norm is {norm:.6g}")
         samples.append(HandEyeSample(image_path, pose_to_matrix(position, quat)))
     return SampleSet(folder, samples, str(data.get("base_frame", "base")), str(data.get("ee_frame", "ee")),
                      str(data.get("camera_name", "camera")))
-
-
-def _vector(value: object, size: int, where: str) -> np.ndarray:
-    try:
-        v = np.asarray(value, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise CalibrationFileError(f"{where}: expected {size} numbers, got {value!r}") from exc
-    if v.shape != (size,):
-        raise CalibrationFileError(f"{where}: expected {size} numbers, got {value!r}")
-    if not np.all(np.isfinite(v)):
-        raise CalibrationFileError(f"{where}: contains NaN or inf")
-    return v
 
 
 def _checked_pose(T: np.ndarray, where: str) -> np.ndarray:

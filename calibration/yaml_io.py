@@ -6,6 +6,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import yaml
 
 from magma_calibration.errors import CalibrationFileError
@@ -64,3 +65,18 @@ def format_float(value: float) -> str:
         mantissa, exponent = text.split("e")
         text = f"{mantissa}.0e{exponent}"
     return text
+
+
+def finite_vector(value: object, size: int, where: str) -> np.ndarray:
+    """`value` as `size` finite floats, or a CalibrationFileError naming `where`."""
+    if value is None:
+        raise CalibrationFileError(f"{where}: missing")
+    try:
+        v = np.asarray(value, dtype=np.float64)
+    except (TypeError, ValueError) as exc:
+        raise CalibrationFileError(f"{where}: expected {size} numbers, got {value!r}") from exc
+    if v.shape != (size,):
+        raise CalibrationFileError(f"{where}: expected {size} numbers, got {value!r}")
+    if not np.all(np.isfinite(v)):
+        raise CalibrationFileError(f"{where}: contains NaN or inf")
+    return v
