@@ -10,18 +10,11 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from magma_core.errors import InvalidInputError
 from magma_core.model import CheckpointError, MagmaConfig, MagmaForConditionalGeneration
 from magma_core.model.checkpoint_mapping import map_official_key
+from model_fixtures import one_torch_thread  # noqa: F401
 
 VISION = "vision_tower.clip_vision_model.trunk."
 DEPTHS, DIMS, HIDDEN = [1, 2, 1], [8, 16, 24], 32
 IMAGE_TOKEN = 250
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
 
 
 def _official_tensors(seed: int = 0) -> dict[str, torch.Tensor]:

@@ -14,16 +14,7 @@ from magma_core.model.generation import generate_actions, generate_trace
 from magma_core.model.tokenizer_tiny import EOS_ID, TRACE_END_ID, TRACE_START_ID, train_tiny_tokenizer
 from magma_core.model.trace_grammar import Phase
 from magma_core.prompts import action_prompt, trace_prompt
-
-SMALL = dict(text={"num_hidden_layers": 2, "hidden_size": 128, "intermediate_size": 256}, vision={"hidden_sizes": [16, 32, 64]}, image_size=64)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from model_fixtures import SMALL, one_torch_thread  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

@@ -9,18 +9,7 @@ from magma_core.errors import InvalidInputError
 from magma_core.model import MagmaConfig, MagmaForConditionalGeneration, MagmaProcessor
 from magma_core.model.tokenizer_tiny import IMAGE_ID, train_tiny_tokenizer
 from magma_core.prompts import action_prompt
-
-# A smaller magma-tiny for speed: 64 px crops (4x4 features + separators = 20 positions), 2 layers.
-SMALL = dict(text={"num_hidden_layers": 2, "hidden_size": 128, "intermediate_size": 256}, vision={"hidden_sizes": [16, 32, 64]}, image_size=64)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # Tiny matrices: a second thread only adds contention on a shared 2-core machine.
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from model_fixtures import SMALL, one_torch_thread  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")

@@ -27,17 +27,7 @@ from magma_core.training.samples_builder import (  # noqa: E402
     mark_ids_for,
     trace_indices,
 )
-
-# A smaller magma-tiny for speed: 64 px crops, 2 decoder layers.
-SMALL = dict(text={"num_hidden_layers": 2, "hidden_size": 128, "intermediate_size": 256}, vision={"hidden_sizes": [16, 32, 64]}, image_size=64)
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from model_fixtures import SMALL, one_torch_thread  # noqa: E402,F401
 
 
 @pytest.fixture(scope="module")
