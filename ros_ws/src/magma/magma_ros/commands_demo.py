@@ -45,7 +45,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--task", default="pick_place", help="simulated task (default pick_place)")
     parser.add_argument("--episodes", type=int, default=5, help="episodes to run (default 5)")
-    parser.add_argument("--seed-start", type=int, default=0, help="seed of the first episode; then +1 each")
+    # Held-out seeds, the same default as `magma eval`: `magma dataset generate` starts at 0.
+    parser.add_argument("--seed-start", type=int, default=10_000,
+                        help="seed of the first episode; then +1 each (default 10000, outside the training seeds)")
     parser.add_argument("--policy", default="heuristic", help="'heuristic' or 'package.module:ClassName'")
     parser.add_argument("--checkpoint", default="", help="local checkpoint directory for the policy")
     parser.add_argument("--episode-timeout", type=float, default=60.0, help="seconds before an episode counts as failed")
