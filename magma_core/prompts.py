@@ -121,13 +121,13 @@ def normalize_instruction(instruction: str) -> str:
 
 def grounding_prompt(
     instruction: str,
-    marks: Sequence[tuple[int, tuple[int, int]]],
+    marks: Sequence[tuple[int, tuple[int, int]]] | str,
     variant: int = 0,
     templates: PromptTemplates = DEFAULT_TEMPLATES,
 ) -> str:
     """Set-of-Mark grounding: which of `marks` (id, (x, y) grid cell) is the object the instruction names."""
     return _pick(templates.grounding, variant, "grounding").format(
-        image=IMAGE_TOKEN, instruction=normalize_instruction(instruction), marks=encode_marks(marks)
+        image=IMAGE_TOKEN, instruction=normalize_instruction(instruction), marks=_marks_block(marks)
     )
 
 
@@ -146,7 +146,7 @@ def grounding_answer(mark_ids: Sequence[int]) -> str:
 
 def trace_prompt(
     instruction: str,
-    marks: Sequence[tuple[int, tuple[int, int]]],
+    marks: Sequence[tuple[int, tuple[int, int]]] | str,
     n_steps: int,
     with_depth: bool = False,
     variant: int = 0,
@@ -158,7 +158,7 @@ def trace_prompt(
     return _pick(templates.trace, variant, "trace").format(
         image=IMAGE_TOKEN,
         instruction=normalize_instruction(instruction),
-        marks=encode_marks(marks),
+        marks=_marks_block(marks),
         n_steps=int(n_steps),
         step_format=STEP_FORMAT_25D if with_depth else STEP_FORMAT_2D,
     )
@@ -181,6 +181,19 @@ def action_prompt(instruction: str, variant: int = 0, templates: PromptTemplates
 def action_answer_ids(actions: np.ndarray, tokenizer: ActionTokenizer) -> np.ndarray:
     """Expected answer of an action prompt: the 7 action token ids (flat) of one action (7,) or a chunk (K, 7)."""
     return tokenizer.encode(actions).reshape(-1)
+
+
+def _marks_block(marks) -> str:
+    """The prompt's mark list: (id, (x, y)) pairs encoded here, or lines already written (described marks,
+    `magma_core.som.describe.marks_text`)."""
+    if isinstance(marks, str):
+        if not marks.strip():
+            raise InvalidInputError("the mark list is empty")
+        for token in SPECIAL_TOKENS:
+            if token in marks:
+                raise InvalidInputError(f"the mark list contains the special token {token}")
+        return marks
+    return encode_marks(marks)
 
 
 def _as_mark_id(value) -> int:

@@ -50,6 +50,10 @@ class TrainConfig:
     max_shift_px: int = 4  # max image shift (pixels), applied to the trace pixels too
     device: str = "auto"  # "auto", "cpu" or "cuda"
     mode: str = "trace"  # what the saved policy answers with: "trace" or "action"
+    # "proposed": grounding/trace samples use run-time mark proposals (RGB-D + proprioception) where a frame has
+    # them, as the policy does at run time; "ground_truth": marks at the ground-truth trace starts only.
+    marks: str = "ground_truth"
+    inference_marks: int = 1  # traces the saved policy writes at run time (the gripper's first; 1 = gripper only)
 
     def __post_init__(self) -> None:
         specs = self.datasets
@@ -80,6 +84,9 @@ class TrainConfig:
         _check_number("color_jitter", self.color_jitter, minimum=0.0, maximum=0.9)
         if self.device not in ("auto", "cpu", "cuda"):
             raise InvalidInputError(f"device must be auto, cpu or cuda, got {self.device!r}")
+        if self.marks not in ("proposed", "ground_truth"):
+            raise InvalidInputError(f"marks must be 'proposed' or 'ground_truth', got {self.marks!r}")
+        _check_int("inference_marks", self.inference_marks, minimum=1)
         if self.mode not in ("trace", "action"):
             raise InvalidInputError(f"mode must be 'trace' or 'action', got {self.mode!r}")
         if not isinstance(self.out, str) or not self.out:

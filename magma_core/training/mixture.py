@@ -23,7 +23,8 @@ from magma_core.data.samples import Sample
 from magma_core.errors import InvalidInputError
 from magma_core.prompts import DEFAULT_TEMPLATES
 from magma_core.training.config import OBJECTIVES, TrainConfig
-from magma_core.training.samples_builder import TrainingItem, build_action, build_grounding, build_trace, has_traces, mark_ids_for
+from magma_core.training.samples_builder import (TrainingItem, build_action, build_grounding, build_grounding_proposed, build_trace,
+                                                 build_trace_proposed, has_traces, mark_ids_for, propose_for_sample)
 
 
 @dataclass
@@ -66,6 +67,15 @@ class TrainingMixture:
         self.tokenizers = [ActionTokenizer(vocab_size, s.action_stats) if s.action_stats is not None else None for s in sources]
         if not any(self._supported(source.samples[0], k) for k, source in enumerate(sources)):
             raise InvalidInputError("no dataset supports any objective with a non-zero weight (traces or actions missing)")
+        # Run-time mark proposals per frame (source, frame): computed once, on the frame before augmentation.
+        self._proposals: dict[tuple[int, int], list | None] = {}
+
+    def proposed_marks(self, source_index: int, frame_index: int):
+        """The described run-time marks of one frame (cached), or None where the frame cannot have them."""
+        key = (int(source_index), int(frame_index))
+        if key not in self._proposals:
+            self._proposals[key] = propose_for_sample(self.sources[key[0]].samples[key[1]])
+        return self._proposals[key]
 
     @classmethod
     def from_config(cls, config: TrainConfig, vocab_size: int) -> "TrainingMixture":
@@ -90,7 +100,8 @@ class TrainingMixture:
         rng = np.random.default_rng([self.config.seed, int(index)])
         for _ in range(16):  # a frame may support no weighted objective; draw another
             k = int(rng.choice(len(self.sources), p=self.source_p))
-            sample = self.sources[k].samples[int(rng.integers(len(self.sources[k].samples)))]
+            frame = int(rng.integers(len(self.sources[k].samples)))
+            sample = self.sources[k].samples[frame]
             names = self._supported(sample, k)
             if names:
                 break
@@ -98,9 +109,19 @@ class TrainingMixture:
             raise InvalidInputError("16 frames in a row supported no objective; check the datasets and objective weights")
         p = np.array([self.objective_weights[n] for n in names])
         objective = names[int(rng.choice(len(names), p=p / p.sum()))]
-        sample = augment(sample, rng, self.config.color_jitter, self.config.max_shift_px)
+        sample, dx, dy = augment_with_shift(sample, rng, self.config.color_jitter, self.config.max_shift_px)
         if objective == "action":
             return build_action(sample, self.tokenizers[k], variant=int(rng.integers(len(DEFAULT_TEMPLATES.action))))
+        marks = self.proposed_marks(k, frame) if self.config.marks == "proposed" else None
+        if marks is not None:
+            marks = [m.shifted(dx, dy) for m in marks]
+            if objective == "grounding":
+                item = build_grounding_proposed(sample, marks, self.depth_binning,
+                                                variant=int(rng.integers(len(DEFAULT_TEMPLATES.grounding))))
+                if item is not None:
+                    return item
+            return build_trace_proposed(sample, marks, self.config.trace_steps, self.config.trace_stride, self.depth_binning,
+                                        variant=int(rng.integers(len(DEFAULT_TEMPLATES.trace))))
         ids = mark_ids_for(sample, rng, self.config.object_id_range)
         if objective == "grounding":
             return build_grounding(sample, ids, variant=int(rng.integers(len(DEFAULT_TEMPLATES.grounding))))
@@ -110,6 +131,13 @@ class TrainingMixture:
 
 def augment(sample: Sample, rng: np.random.Generator, color_jitter: float, max_shift_px: int) -> Sample:
     """A copy of `sample` with jittered colours and the image (and its trace pixels) shifted."""
+    return augment_with_shift(sample, rng, color_jitter, max_shift_px)[0]
+
+
+def augment_with_shift(sample: Sample, rng: np.random.Generator, color_jitter: float,
+                       max_shift_px: int) -> tuple[Sample, int, int]:
+    """`augment`, also returning the shift (dx, dy) in pixels so marks can move with the image."""
+    dx = dy = 0
     rgb = sample.rgb.astype(np.float32)
     if color_jitter > 0:
         brightness, contrast = rng.uniform(1 - color_jitter, 1 + color_jitter, size=2)
@@ -125,7 +153,7 @@ def augment(sample: Sample, rng: np.random.Generator, color_jitter: float, max_s
             gt_trace[..., 0] += dx
             gt_trace[..., 1] += dy
     rgb = np.clip(np.rint(rgb), 0, 255).astype(np.uint8)
-    return dataclasses.replace(sample, rgb=rgb, gt_trace=gt_trace)
+    return dataclasses.replace(sample, rgb=rgb, gt_trace=gt_trace), dx, dy
 
 
 def shift_image(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
@@ -135,4 +163,4 @@ def shift_image(image: np.ndarray, dx: int, dy: int) -> np.ndarray:
     return cv2.warpAffine(image, matrix, (w, h), flags=cv2.INTER_NEAREST, borderMode=cv2.BORDER_REPLICATE)
 
 
-__all__ = ["MixtureSource", "TrainingMixture", "load_source", "augment", "shift_image"]
+__all__ = ["MixtureSource", "TrainingMixture", "load_source", "augment", "augment_with_shift", "shift_image"]

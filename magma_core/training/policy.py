@@ -25,6 +25,7 @@ from magma_core.codecs.action_tokenizer import ActionNormStats, ActionTokenizer
 from magma_core.codecs.trace_text import DepthBinning, encode_traces, traces_from_grid_traces
 from magma_core.errors import InvalidInputError
 from magma_core.prompts import action_prompt, trace_prompt
+from magma_core.som.describe import describe_proposal, marks_text
 from magma_core.som.draw import draw_marks
 from magma_core.som.propose import GRIPPER_MARK_ID, ProposalConfig, propose_marks
 from magma_core.training.samples_builder import prompt_marks
@@ -47,6 +48,8 @@ def write_policy_files(directory: str | os.PathLike, config, action_stats: Actio
         "trace_stride": config.trace_stride,
         "depth_binning": depth_binning.to_dict(),
         "action_stats": action_stats.to_dict() if action_stats is not None else None,
+        "marks": config.marks,
+        "inference_marks": config.inference_marks,
     }
     (directory / POLICY_CONFIG_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
@@ -56,7 +59,7 @@ class MagmaPolicy:
 
     def __init__(self, model, processor, mode: str = "trace", trace_steps: int = 4, trace_stride: int = 1,
                  depth_binning: DepthBinning = DepthBinning(), action_stats: ActionNormStats | None = None,
-                 proposal: ProposalConfig = ProposalConfig(), max_marks: int = 2) -> None:
+                 proposal: ProposalConfig = ProposalConfig(), max_marks: int = 2, marks: str = "ground_truth") -> None:
         if mode not in MODES:
             raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(trace_steps, bool) or not isinstance(trace_steps, int) or trace_steps < 1:
@@ -71,6 +74,10 @@ class MagmaPolicy:
         self.depth_binning = depth_binning
         self.proposal_config = proposal
         self.max_marks = int(max_marks)
+        if marks not in ("proposed", "ground_truth"):
+            raise InvalidInputError(f"marks must be 'proposed' or 'ground_truth', got {marks!r}")
+        # How the checkpoint was taught to read marks: described run-time proposals or bare (id, cell) pairs.
+        self.marks_format = marks
         self.action_tokenizer = ActionTokenizer(processor.vocab_size, action_stats) if action_stats is not None else None
 
     @classmethod
@@ -102,6 +109,8 @@ class MagmaPolicy:
                 trace_stride=int(data.get("trace_stride", 1)),
                 depth_binning=DepthBinning.from_dict(data.get("depth_binning", DepthBinning().to_dict())),
                 action_stats=ActionNormStats.from_dict(stats) if stats is not None else None,
+                max_marks=int(data.get("inference_marks", 2)),
+                marks=str(data.get("marks", "ground_truth")),
             )
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{config_path} is malformed: {exc}") from exc
@@ -132,10 +141,15 @@ class MagmaPolicy:
         if not marks:
             raise UnparsableOutputError("no marks were proposed in this observation; nothing to plan for")
         image = draw_marks(np.asarray(obs["rgb"]), proposal.marks)
-        prompt = trace_prompt(obs["instruction"], marks, self.trace_steps, with_depth=True)
+        listed = marks
+        if self.marks_format == "proposed":
+            opening = obs.get("gripper")
+            described = describe_proposal(proposal, None if opening is None else float(np.asarray(opening).reshape(-1)[0]))
+            listed = marks_text(described, width, height, self.depth_binning)
+        prompt = trace_prompt(obs["instruction"], listed, self.trace_steps, with_depth=True)
         batch = self.processor([image], [prompt])
         grammar = TraceGrammar(expect_steps=self.trace_steps + 1, expect_25d=True, n_depth_bins=self.depth_binning.n_bins,
-                               mark_ids=frozenset(m for m, _ in marks), max_marks=min(self.max_marks, len(marks)))
+                               mark_ids=self._trace_mark_ids(marks), max_marks=min(self.max_marks, len(marks)))
         budget = 16 + grammar.max_marks * (8 + TOKENS_PER_STEP * (self.trace_steps + 1))
         results, _ = generate_trace(self.model, self.processor, batch, grammar, max_new_tokens=budget, do_sample=False)
         result = results[0]
@@ -154,6 +168,13 @@ class MagmaPolicy:
             "gripper_mark": GRIPPER_MARK_ID,
             "proposal": proposal,
         }
+
+    def _trace_mark_ids(self, marks) -> frozenset[int]:
+        ids = frozenset(m for m, _ in marks)
+        # One trace at run time is the gripper's (the one the controller follows): let the grammar name only it.
+        if self.max_marks == 1 and GRIPPER_MARK_ID in ids:
+            return frozenset({GRIPPER_MARK_ID})
+        return ids
 
     def _infer_action(self, obs: dict[str, Any]) -> dict[str, Any]:
         from magma_core.model.generation import generate_actions

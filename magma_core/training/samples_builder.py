@@ -10,6 +10,13 @@ image and the instruction rather than learning a fixed number.
 - trace (Trace-of-Mark): marks drawn, answer the 2.5D trace (grid cells, depth bins, gripper
   state) of the gripper and the object over the next `trace_steps` positions.
 - action: the plain image, answer the 7 action tokens of the recorded action.
+
+With ``marks: proposed`` (the default of configs/train_tiny.yaml) grounding and trace samples use
+the marks a robot proposes at run time (`propose_marks` on the recorded RGB-D frame, camera and
+proprioception) instead of marks at the ground-truth points: all of them, distractors and
+spurious ones included, numbered and described as at run time (`magma_core.som.describe`). The
+ground-truth traces are attached to the proposed marks nearest their start (within
+`MATCH_RADIUS_PX`); the gripper is always mark 1.
 """
 from __future__ import annotations
 
@@ -24,11 +31,14 @@ from magma_core.errors import InvalidInputError
 from magma_core.grid import pixels_to_grid
 from magma_core.prompts import action_answer_ids, action_prompt, grounding_answer, grounding_prompt, trace_answer, trace_prompt
 from magma_core.som.draw import draw_marks
+from magma_core.som.describe import DescribedMark, describe_proposal, mark_set, marks_text, nearest_mark
 from magma_core.som.marks import Mark, MarkSet
 from magma_core.tom.types import Trace
 
 GRIPPER_MARK_ID = 1
 GRIPPER_TRACE, OBJECT_TRACE = 0, 1
+# A ground-truth trace belongs to the proposed mark nearest its start within this many pixels (per 128 px of width).
+MATCH_RADIUS_PX = 6.0
 
 
 @dataclass
@@ -120,6 +130,67 @@ def build_action(sample: Sample, action_tokenizer: ActionTokenizer, variant: int
     return TrainingItem("action", sample.rgb, action_prompt(sample.instruction, variant=variant), answer_ids=ids)
 
 
+def proposal_observation(sample: Sample) -> dict | None:
+    """The run-time observation of a recorded frame (what `propose_marks` reads), or None when the frame lacks
+    depth, camera parameters or the end-effector pose (e.g. RLDS data): those samples use ground-truth marks."""
+    if sample.depth is None or not sample.camera_known or not sample.ee_pose_known or sample.state is None:
+        return None
+    state = np.asarray(sample.state, dtype=np.float64)
+    if state.shape[0] < 8 or not np.isfinite(state[:8]).all():
+        return None
+    return {"rgb": sample.rgb, "depth": sample.depth, "intrinsics": sample.camera.intrinsics,
+            "extrinsics": sample.camera.extrinsics, "ee_pose": state[:7], "gripper": state[7:8],
+            "instruction": sample.instruction}
+
+
+def propose_for_sample(sample: Sample) -> list[DescribedMark] | None:
+    """The described run-time marks of a recorded frame (None: no RGB-D/camera/pose, or no gripper mark)."""
+    from magma_core.som.propose import propose_marks
+
+    obs = proposal_observation(sample)
+    if obs is None:
+        return None
+    proposal = propose_marks(obs)
+    if proposal.gripper is None:
+        return None
+    return describe_proposal(proposal, gripper_opening_m=float(obs["gripper"][0]))
+
+
+def match_trace_marks(sample: Sample, marks: list[DescribedMark]) -> list[int | None]:
+    """Mark id of each ground-truth trace: 1 for the gripper, else the nearest proposed mark (None: not proposed)."""
+    n = _check_traces(sample)
+    radius = MATCH_RADIUS_PX * sample.rgb.shape[1] / 128.0
+    ids: list[int | None] = [GRIPPER_MARK_ID]
+    for index in range(1, n):
+        ids.append(nearest_mark(marks, sample.gt_trace[index, 0, :2], radius, exclude=[GRIPPER_MARK_ID] + [i for i in ids if i]))
+    return ids
+
+
+def build_grounding_proposed(sample: Sample, marks: list[DescribedMark], depth_binning: DepthBinning,
+                             variant: int = 0) -> TrainingItem | None:
+    """Set-of-Mark grounding on run-time marks; None when the object was not proposed."""
+    ids = match_trace_marks(sample, marks)
+    if ids[OBJECT_TRACE] is None:
+        return None
+    h, w = sample.rgb.shape[:2]
+    prompt = grounding_prompt(sample.instruction, marks_text(marks, w, h, depth_binning), variant=variant)
+    return TrainingItem("grounding", draw_marks(sample.rgb, mark_set(marks, w, h)), prompt,
+                        answer=grounding_answer([ids[OBJECT_TRACE]]))
+
+
+def build_trace_proposed(sample: Sample, marks: list[DescribedMark], trace_steps: int, trace_stride: int,
+                         depth_binning: DepthBinning, variant: int = 0) -> TrainingItem:
+    """Trace-of-Mark planning on run-time marks: the gripper's trace, then the object's when it was proposed."""
+    ids = match_trace_marks(sample, marks)
+    grid = gt_grid_traces(sample, [i if i is not None else 0 for i in ids], trace_steps, trace_stride, depth_binning)
+    if ids[OBJECT_TRACE] is None:
+        grid = grid[:1]
+    h, w = sample.rgb.shape[:2]
+    prompt = trace_prompt(sample.instruction, marks_text(marks, w, h, depth_binning), trace_steps, with_depth=True,
+                          variant=variant)
+    return TrainingItem("trace", draw_marks(sample.rgb, mark_set(marks, w, h)), prompt, answer=trace_answer(grid, trace_steps))
+
+
 def _check_traces(sample: Sample) -> int:
     if not has_traces(sample):
         raise InvalidInputError(
@@ -129,5 +200,6 @@ def _check_traces(sample: Sample) -> int:
     return int(sample.gt_trace.shape[0])
 
 
-__all__ = ["TrainingItem", "has_traces", "mark_ids_for", "gt_marks", "prompt_marks", "build_grounding", "build_trace",
+__all__ = ["TrainingItem", "has_traces", "proposal_observation", "propose_for_sample", "match_trace_marks",
+           "build_grounding_proposed", "build_trace_proposed", "mark_ids_for", "gt_marks", "prompt_marks", "build_grounding", "build_trace",
            "build_action", "gt_grid_traces", "trace_indices", "marks_from_grid_traces"]

@@ -1,0 +1,156 @@
+"""Training on run-time mark proposals: described marks, GT traces attached to proposals, the policy's prompt."""
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("pybullet")
+
+from magma_core.codecs.trace_text import DepthBinning, parse_mark_ids, parse_traces_strict  # noqa: E402
+from magma_core.errors import InvalidInputError  # noqa: E402
+from magma_core.grid import pixels_to_grid  # noqa: E402
+from magma_core.prompts import trace_prompt  # noqa: E402
+from magma_core.som.describe import DescribedMark, describe_proposal, marks_text, nearest_mark  # noqa: E402
+from magma_core.som.propose import propose_marks  # noqa: E402
+from magma_core.training.config import TrainConfig  # noqa: E402
+from magma_core.training.mixture import TrainingMixture, load_source  # noqa: E402
+from magma_core.training.samples_builder import (  # noqa: E402
+    build_grounding_proposed,
+    build_trace_proposed,
+    match_trace_marks,
+    propose_for_sample,
+    proposal_observation,
+)
+from model_fixtures import SMALL, one_torch_thread  # noqa: E402,F401
+
+LINE = re.compile(r"^Mark (\d+) at \[(\d+),(\d+),(\d+)\] (.+)$")
+BINNING = DepthBinning()
+
+
+@pytest.fixture(scope="module")
+def dataset_dir(tmp_path_factory):
+    from magma_sim.generate import GenerateConfig, generate_dataset
+
+    out = tmp_path_factory.mktemp("proposed_data") / "pick_place"
+    generate_dataset(out, "pick_place", episodes=2, seed_start=3, config=GenerateConfig(image_size=128))
+    return out
+
+
+@pytest.fixture(scope="module")
+def source(dataset_dir):
+    return load_source(str(dataset_dir))
+
+
+def _lines(text: str) -> list[tuple[int, int, int, int, str]]:
+    out = []
+    for line in text.splitlines():
+        match = LINE.match(line)
+        if match:
+            out.append((int(match[1]), int(match[2]), int(match[3]), int(match[4]), match[5]))
+    return out
+
+
+def test_described_marks_list_every_proposal_with_cell_depth_and_label(source):
+    sample = source.samples[0]
+    obs = proposal_observation(sample)
+    proposal = propose_marks(obs)
+    marks = describe_proposal(proposal, gripper_opening_m=0.08)
+    assert [m.mark_id for m in marks][0] == 1 and sorted(m.mark_id for m in marks) == sorted(proposal.marks.ids)
+    lines = _lines(marks_text(marks, 128, 128, BINNING))
+    assert len(lines) == len(marks)
+    assert lines[0][0] == 1 and lines[0][4] == "gripper 80mm"
+    for (mark_id, x, y, depth_bin, text), mark in zip(lines, marks):
+        cell = pixels_to_grid(np.array([mark.point]), 128, 128)[0]
+        assert (x, y) == (int(cell[0]), int(cell[1]))
+        assert depth_bin == BINNING.encode(proposal.info[mark_id].depth)
+        if mark_id != 1:  # "<colour> <shape> <size>cm", e.g. "pink block 4cm"
+            assert re.fullmatch(r"[a-z]+ [a-z]+ \d+cm", text), text
+
+
+def test_gt_traces_attach_to_the_nearest_proposed_marks(source):
+    sample = source.samples[0]
+    marks = propose_for_sample(sample)
+    ids = match_trace_marks(sample, marks)
+    assert ids[0] == 1
+    by_id = {m.mark_id: m for m in marks}
+    for index, mark_id in enumerate(ids[1:], start=1):
+        assert mark_id is not None, "the pick_place object and pad are proposed on the first frame"
+        assert np.hypot(*(np.array(by_id[mark_id].point) - sample.gt_trace[index, 0, :2])) <= 6.0
+
+
+def test_trace_sample_on_proposals_starts_where_the_prompt_says(source):
+    sample = source.samples[4]
+    marks = propose_for_sample(sample)
+    item = build_trace_proposed(sample, marks, trace_steps=2, trace_stride=4, depth_binning=BINNING)
+    listed = {m[0]: m for m in _lines(item.prompt)}
+    assert len(listed) == len(marks), "distractors and spurious proposals are all listed, as at run time"
+    parsed = parse_traces_strict(item.answer, expect_25d=True, expect_steps=3)
+    assert parsed[0].mark_id == 1
+    ids = match_trace_marks(sample, marks)
+    assert [t.mark_id for t in parsed] == [1, ids[1]]
+    gripper = parsed[0]
+    _, x, y, depth_bin, _ = listed[1]
+    assert abs(int(gripper.cells[0][0]) - x) <= 1 and abs(int(gripper.cells[0][1]) - y) <= 1
+    assert abs(int(gripper.depth_bins[0]) - depth_bin) <= 1
+    assert not np.array_equal(item.image, sample.rgb), "the marks are drawn on the image"
+
+
+def test_grounding_sample_on_proposals_names_the_instruction_object(source):
+    sample = source.samples[0]
+    marks = propose_for_sample(sample)
+    item = build_grounding_proposed(sample, marks, BINNING)
+    assert parse_mark_ids(item.answer) == [match_trace_marks(sample, marks)[1]]
+    unmatched = [m for m in marks if m.mark_id == 1]  # only the gripper: the object was not proposed
+    assert build_grounding_proposed(sample, unmatched, BINNING) is None
+
+
+def test_mixture_with_proposed_marks_shifts_marks_with_the_image(dataset_dir):
+    config = TrainConfig(datasets=[str(dataset_dir)], out="unused", model_overrides=SMALL, marks="proposed",
+                         trace_steps=2, objectives={"trace": 1.0}, max_shift_px=4, color_jitter=0.0)
+    mixture = TrainingMixture.from_config(config, vocab_size=1280)
+    for index in range(6):
+        item = mixture.item(index)
+        gripper_line = _lines(item.prompt)[0]
+        first = parse_traces_strict(item.answer, expect_25d=True, expect_steps=3)[0]
+        # The shifted gripper mark and the shifted GT trace agree on the current cell.
+        assert abs(int(first.cells[0][0]) - gripper_line[1]) <= 1 and abs(int(first.cells[0][1]) - gripper_line[2]) <= 1
+    assert mixture.item(3).prompt == mixture.item(3).prompt  # cached proposals keep the stream deterministic
+
+
+def test_marks_text_rejects_reserved_characters_and_empty_lists():
+    mark = DescribedMark(2, (10.0, 10.0), 0.9, "red [block]")
+    with pytest.raises(InvalidInputError, match="reserved"):
+        marks_text([mark], 64, 64, BINNING)
+    with pytest.raises(InvalidInputError, match="no marks"):
+        marks_text([], 64, 64, BINNING)
+    with pytest.raises(InvalidInputError, match="special token"):
+        trace_prompt("pick the cube", "Mark 1 at [1,2,3] <image>", 2)
+    assert nearest_mark([mark], (12.0, 11.0), radius_px=3.0) == 2
+    assert nearest_mark([mark], (20.0, 10.0), radius_px=3.0) is None
+
+
+def test_config_checks_the_marks_option():
+    with pytest.raises(InvalidInputError, match="marks must be"):
+        TrainConfig(datasets=["x"], marks="random")
+    with pytest.raises(InvalidInputError, match="inference_marks"):
+        TrainConfig(datasets=["x"], inference_marks=0)
+
+
+def test_policy_trained_on_proposals_reads_described_marks_and_writes_the_gripper_trace(dataset_dir, tmp_path):
+    from magma_core.training.policy import MagmaPolicy
+    from magma_core.training.trainer import Trainer
+    from magma_sim.env import make_env
+
+    config = TrainConfig(datasets=[str(dataset_dir)], out=str(tmp_path / "run"), model_overrides={**SMALL, "image_size": 128},
+                         marks="proposed", trace_steps=2, steps=2, batch_size=2, warmup_steps=1, save_every=100)
+    result = Trainer(config, progress=False).train()
+    policy = MagmaPolicy.from_pretrained(result.checkpoint)
+    assert policy.marks_format == "proposed" and policy.max_marks == 1
+    env = make_env("pick_place", image_size=128)
+    obs, _ = env.reset(seed=10001)
+    env.close()
+    out = policy.infer(obs)
+    assert [t.mark_id for t in out["trace"]] == [1] and out["trace"][0].length == 3
