@@ -164,13 +164,15 @@ def trace_prompt(
     )
 
 
-def trace_answer(grid_traces: Sequence[GridTrace], n_steps: int | None = None) -> str:
+def trace_answer(grid_traces: Sequence[GridTrace], n_steps: int | None = None, n_depth_bins: int | None = None) -> str:
     """Expected answer: the trace block with markers; each trace is the current cell plus `n_steps` future cells."""
     if n_steps is not None:
         for gt in grid_traces:
             if gt.length != n_steps + 1:
                 raise InvalidInputError(f"mark {gt.mark_id} has {gt.length} steps; the prompt asks for now + {n_steps}")
-    return encode_traces(grid_traces, with_markers=True)
+    if n_depth_bins is None:
+        return encode_traces(grid_traces, with_markers=True)
+    return encode_traces(grid_traces, with_markers=True, n_depth_bins=n_depth_bins)
 
 
 def action_prompt(instruction: str, variant: int = 0, templates: PromptTemplates = DEFAULT_TEMPLATES) -> str:

@@ -132,6 +132,19 @@ def test_marks_text_rejects_reserved_characters_and_empty_lists():
     assert nearest_mark([mark], (20.0, 10.0), radius_px=3.0) is None
 
 
+def test_depth_binning_from_the_config_reaches_prompt_and_answer(dataset_dir):
+    config = TrainConfig(datasets=[str(dataset_dir)], out="unused", marks="proposed", trace_steps=2, objectives={"trace": 1.0},
+                         max_shift_px=0, color_jitter=0.0, depth_binning={"near": 0.3, "far": 1.5, "n_bins": 256})
+    mixture = TrainingMixture.from_config(config, vocab_size=1280)
+    assert mixture.depth_binning == DepthBinning(near=0.3, far=1.5, n_bins=256)
+    item = mixture.item(0)
+    gripper_line = _lines(item.prompt)[0]
+    first = parse_traces_strict(item.answer, expect_25d=True, expect_steps=3, n_depth_bins=256)[0]
+    assert abs(int(first.depth_bins[0]) - gripper_line[3]) <= 1 and gripper_line[3] >= 100  # finer than the 100 default
+    with pytest.raises(InvalidInputError, match="depth_binning"):
+        TrainConfig(datasets=["x"], depth_binning={"bins": 3})
+
+
 def test_config_checks_the_marks_option():
     with pytest.raises(InvalidInputError, match="marks must be"):
         TrainConfig(datasets=["x"], marks="random")

@@ -54,6 +54,8 @@ class TrainConfig:
     # them, as the policy does at run time; "ground_truth": marks at the ground-truth trace starts only.
     marks: str = "ground_truth"
     inference_marks: int = 1  # traces the saved policy writes at run time (the gripper's first; 1 = gripper only)
+    # Depth bins of 2.5D traces and described marks: DepthBinning fields (near, far metres; n_bins; spacing).
+    depth_binning: dict = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         specs = self.datasets
@@ -87,10 +89,22 @@ class TrainConfig:
         if self.marks not in ("proposed", "ground_truth"):
             raise InvalidInputError(f"marks must be 'proposed' or 'ground_truth', got {self.marks!r}")
         _check_int("inference_marks", self.inference_marks, minimum=1)
+        self.make_depth_binning()
         if self.mode not in ("trace", "action"):
             raise InvalidInputError(f"mode must be 'trace' or 'action', got {self.mode!r}")
         if not isinstance(self.out, str) or not self.out:
             raise InvalidInputError("out must be a non-empty path")
+
+    def make_depth_binning(self):
+        """The DepthBinning this run writes depths with (checked: a bad entry is an error naming it)."""
+        from magma_core.codecs.trace_text import DepthBinning
+
+        if not isinstance(self.depth_binning, dict):
+            raise InvalidInputError("depth_binning must be a mapping of near, far, n_bins, spacing")
+        unknown = set(self.depth_binning) - {"near", "far", "n_bins", "spacing"}
+        if unknown:
+            raise InvalidInputError(f"unknown depth_binning key(s) {sorted(unknown)}; known: near, far, n_bins, spacing")
+        return DepthBinning(**self.depth_binning)
 
     @property
     def objective_weights(self) -> dict[str, float]:

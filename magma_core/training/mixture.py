@@ -79,7 +79,8 @@ class TrainingMixture:
 
     @classmethod
     def from_config(cls, config: TrainConfig, vocab_size: int) -> "TrainingMixture":
-        return cls([load_source(s.path, s.weight, s.stride) for s in config.datasets], config, vocab_size)
+        return cls([load_source(s.path, s.weight, s.stride) for s in config.datasets], config, vocab_size,
+                   depth_binning=config.make_depth_binning())
 
     def _supported(self, sample: Sample, source_index: int) -> list[str]:
         out = []

@@ -119,7 +119,7 @@ def build_trace(sample: Sample, mark_ids: list[int], trace_steps: int, trace_str
     h, w = sample.rgb.shape[:2]
     grid = gt_grid_traces(sample, mark_ids, trace_steps, trace_stride, depth_binning)
     prompt = trace_prompt(sample.instruction, prompt_marks(marks, w, h), trace_steps, with_depth=True, variant=variant)
-    return TrainingItem("trace", draw_marks(sample.rgb, marks), prompt, answer=trace_answer(grid, trace_steps))
+    return TrainingItem("trace", draw_marks(sample.rgb, marks), prompt, answer=trace_answer(grid, trace_steps, depth_binning.n_bins))
 
 
 def build_action(sample: Sample, action_tokenizer: ActionTokenizer, variant: int = 0) -> TrainingItem:
@@ -188,7 +188,7 @@ def build_trace_proposed(sample: Sample, marks: list[DescribedMark], trace_steps
     h, w = sample.rgb.shape[:2]
     prompt = trace_prompt(sample.instruction, marks_text(marks, w, h, depth_binning), trace_steps, with_depth=True,
                           variant=variant)
-    return TrainingItem("trace", draw_marks(sample.rgb, mark_set(marks, w, h)), prompt, answer=trace_answer(grid, trace_steps))
+    return TrainingItem("trace", draw_marks(sample.rgb, mark_set(marks, w, h)), prompt, answer=trace_answer(grid, trace_steps, depth_binning.n_bins))
 
 
 def _check_traces(sample: Sample) -> int:
