@@ -84,6 +84,8 @@ class RandomPolicy:
 def parse_policy_spec(spec: str) -> tuple[str, Any]:
     """("scripted"|"heuristic"|"random"|"checkpoint", argument) for a --policy value, checked without loading anything.
 
+    "embedded" is the trained magma-tiny checkpoint shipped in the package (magma_core.embedded).
+
     "random" and "random:SEED" pick RandomPolicy; anything else must be a checkpoint folder.
     """
     if not isinstance(spec, str) or not spec.strip():
@@ -91,6 +93,11 @@ def parse_policy_spec(spec: str) -> tuple[str, Any]:
     spec = spec.strip()
     if spec in ("scripted", "heuristic"):
         return spec, None
+    if spec == "embedded":  # the trained magma-tiny shipped with the package
+        from magma_core.embedded import embedded_checkpoint
+
+        folder = embedded_checkpoint()
+        return "checkpoint", (folder, checkpoint_policy_class(folder))
     if spec == "random" or spec.startswith("random:"):
         _, _, seed = spec.partition(":")
         try:

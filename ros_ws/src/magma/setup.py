@@ -2,12 +2,12 @@
 from setuptools import setup
 
 PACKAGE = "magma"
-NODES = ("camera", "sim_bridge", "policy", "controller")
+NODES = ("camera", "sim_bridge", "policy", "controller", "recorder")
 
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=["magma_ros", "magma_ros.nodes"],
+    packages=["magma_ros", "magma_ros.nodes", "magma_ros.recording"],
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

@@ -1,6 +1,7 @@
 """Build the policy the policy node runs, from a short name or ``module:Class`` (+ an optional directory).
 
 - ``heuristic``: magma_core.policies.heuristic.HeuristicPolicy (no weights).
+- ``embedded``: the trained magma-tiny shipped in the package (magma_core.embedded), unless a path is given.
 - ``module:Class``: ``Class.from_pretrained(path)`` when a path is given, else ``Class()``.
 
 Imports happen here, at load time, so the node module itself stays free of torch.
@@ -15,7 +16,8 @@ from typing import Any
 
 from magma_core.errors import InvalidInputError
 
-BUILTIN = {"heuristic": "magma_core.policies.heuristic:HeuristicPolicy"}
+BUILTIN = {"heuristic": "magma_core.policies.heuristic:HeuristicPolicy",
+           "embedded": "magma_core.training.policy:MagmaPolicy"}
 
 
 class PolicyLoadError(InvalidInputError):
@@ -40,7 +42,15 @@ def resolve_class(spec: str) -> type:
 
 def load_policy(spec: str, path: str | os.PathLike = "", **kwargs: Any) -> Any:
     """An object with ``reset()`` and ``infer(obs) -> dict``; `kwargs` go to the constructor / from_pretrained."""
-    cls = resolve_class(str(spec).strip())
+    spec = str(spec).strip()
+    cls = resolve_class(spec)
+    if spec == "embedded" and not str(path):
+        from magma_core.embedded import embedded_checkpoint
+
+        try:
+            path = embedded_checkpoint()
+        except InvalidInputError as exc:
+            raise PolicyLoadError(str(exc)) from exc
     if str(path):
         directory = Path(path).expanduser()
         if not directory.is_dir():
