@@ -283,3 +283,21 @@ def test_demo_runs_an_episode_of_pick_place_to_success(tmp_path):
     assert json.loads((out / "summary.json").read_text()) == summary
     assert summary["overlay_frames"] > 0 and Path(summary["video"]).stat().st_size > 1000
     assert "[policy]" in (out / "nodes.log").read_text()
+
+
+def test_teleop_and_recording_change_the_graph():
+    scripted = {s.name: s.parameters for s in build_graph(teleop="scripted", record_dir="/data/episodes")}
+    assert list(scripted) == ["sim_bridge", "teleop", "controller", "recorder"]  # the teleop replaces the policy
+    assert scripted["sim_bridge"]["publish_expert"] is True and scripted["teleop"]["input"] == "scripted"
+    assert scripted["controller"]["source"] == "teleop"
+    assert scripted["recorder"]["record_dir"] == "/data/episodes"
+    assert scripted["recorder"]["extrinsics_path"] == scripted["controller"]["extrinsics_path"]
+    external = [s.name for s in build_graph(teleop="external", use_sim="false", extrinsics="/e.yaml")]
+    assert external == ["camera", "controller"]
+    assert "publish_expert" not in {s.name: s.parameters for s in build_graph()}["sim_bridge"]
+    with pytest.raises(InvalidInputError, match="own terminal"):
+        build_graph(teleop="keyboard")
+    with pytest.raises(InvalidInputError, match="use_sim"):
+        build_graph(teleop="scripted", use_sim="false", extrinsics="/e.yaml")
+    with pytest.raises(InvalidInputError, match="teleop must be"):
+        build_graph(teleop="wiimote")

@@ -2,12 +2,12 @@
 from setuptools import setup
 
 PACKAGE = "magma"
-NODES = ("camera", "sim_bridge", "policy", "controller", "recorder")
+NODES = ("camera", "sim_bridge", "policy", "controller", "recorder", "teleop")
 
 setup(
     name=PACKAGE,
     version="0.1.0",
-    packages=["magma_ros", "magma_ros.nodes", "magma_ros.recording"],
+    packages=["magma_ros", "magma_ros.nodes", "magma_ros.recording", "magma_ros.teleop"],
     data_files=[
         ("share/ament_index/resource_index/packages", [f"resource/{PACKAGE}"]),
         (f"share/{PACKAGE}", ["package.xml"]),

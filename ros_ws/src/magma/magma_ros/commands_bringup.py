@@ -38,6 +38,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--sim-hz", type=int, default=int(d["sim_hz"]), help="simulation steps per second")
     parser.add_argument("--policy-hz", type=float, default=float(d["policy_hz"]), help="most inferences per second")
     parser.add_argument("--control-hz", type=float, default=float(d["control_hz"]), help="controller steps per second")
+    parser.add_argument("--teleop", default=d["teleop"], choices=("", "joy", "scripted", "external"),
+                        help="drive the arm by teleop instead of the policy (keyboard: 'external' + magma_teleop in a terminal)")
+    parser.add_argument("--record-dir", default=d["record_dir"], help="record one MCAP bag per episode into this folder")
     parser.add_argument("--duration", type=float, default=None, help="stop after this many seconds (default: run until Ctrl-C)")
     parser.add_argument("--network", action="store_true",
                         help="let DDS reach other hosts (default: this host only, as MAGMA_ROS_NETWORK=1 does)")
@@ -51,7 +54,8 @@ def graph_from_args(args: argparse.Namespace):
                        instruction=args.instruction, camera_source=args.camera_source, camera_info=args.camera_info,
                        extrinsics=args.extrinsics, task=args.task, seed=args.seed, seeds=args.seeds,
                        auto_reset=args.auto_reset, image_size=args.image_size,
-                       sim_hz=args.sim_hz, policy_hz=args.policy_hz, control_hz=args.control_hz)
+                       sim_hz=args.sim_hz, policy_hz=args.policy_hz, control_hz=args.control_hz,
+                       teleop=args.teleop, record_dir=args.record_dir)
 
 
 def run(args: argparse.Namespace) -> int:

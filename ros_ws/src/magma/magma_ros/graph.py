@@ -5,7 +5,9 @@ turns each :class:`NodeSpec` into a ``launch_ros.actions.Node``, and :mod:`magma
 no ``launch`` package) starts each as a subprocess. This module imports no ROS package, so it can be
 tested and used anywhere.
 
-Simulation (``use_sim``): sim_bridge -> policy -> controller -> sim_bridge. The sim bridge writes the true
+Simulation (``use_sim``): sim_bridge -> policy -> controller -> sim_bridge. With ``teleop`` a teleop node
+(or one started elsewhere) replaces the policy and drives the controller's teleop input; with ``record_dir``
+a recorder writes one MCAP bag per episode. The sim bridge writes the true
 camera extrinsics to a file that the policy and the controller read. Hardware: camera -> policy ->
 controller, with the calibrated extrinsics from ``extrinsics``; the arm driver is not part of this graph
 (it subscribes to ``magma/target_pose`` and ``magma/gripper_command``, publishes ``magma/ee_pose``).
@@ -42,7 +44,11 @@ ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("sim_hz", "10", "Simulation steps per second (must divide 240)."),
     ("policy_hz", "5.0", "Most policy inferences per second."),
     ("control_hz", "20.0", "Controller steps per second."),
+    ("teleop", "", "Drive the arm by teleoperation instead of the policy: 'joy', 'scripted' (simulation expert) or "
+                   "'external' (a teleop node started elsewhere, e.g. the keyboard in its own terminal); empty: the policy."),
+    ("record_dir", "", "Record each episode (one MCAP bag + episode.json) into this folder; empty: no recorder."),
 )
+TELEOP_INPUTS = ("joy", "scripted", "external")
 ARGUMENT_DEFAULTS = {name: default for name, default, _ in ARGUMENTS}
 
 
@@ -153,7 +159,8 @@ def build_graph(use_sim: bool | str = True, policy: str = "heuristic", checkpoin
                 instruction: str = "", camera_source: str = "0", camera_info: str = "", extrinsics: str = "",
                 task: str = "pick_place", seed: int | str = 0, seeds: str | Sequence[int] | None = None,
                 auto_reset: bool | str = False, image_size: int | str = 128, sim_hz: int | str = 10,
-                policy_hz: float | str = 5.0, control_hz: float | str = 20.0, params_file: str = "",
+                policy_hz: float | str = 5.0, control_hz: float | str = 20.0, teleop: str = "", record_dir: str = "",
+                params_file: str = "",
                 extra: dict[str, dict[str, Any]] | None = None) -> list[NodeSpec]:
     """The nodes of one bringup, in start order (producers first).
 
@@ -172,6 +179,14 @@ def build_graph(use_sim: bool | str = True, policy: str = "heuristic", checkpoin
         raise InvalidInputError(f"sim_hz must divide 240 (the physics rate), got {sim_hz}")
     policy_hz = _number(policy_hz, "policy_hz", float, 0.0)
     control_hz = _number(control_hz, "control_hz", float, 0.0)
+    teleop = str(teleop).strip()
+    if teleop == "keyboard":
+        raise InvalidInputError("the keyboard teleop needs its own terminal: bring up with teleop:=external and run "
+                                "`magma_teleop --ros-args -p input:=keyboard` (or `python -m magma_ros.nodes.teleop ...`) there")
+    if teleop and teleop not in TELEOP_INPUTS:
+        raise InvalidInputError(f"teleop must be one of {', '.join(TELEOP_INPUTS)} or empty, got {teleop!r}")
+    if teleop == "scripted" and not use_sim:
+        raise InvalidInputError("teleop:=scripted follows the simulation's expert: it needs use_sim:=true")
     params_file = params_file or default_params_file()
 
     nodes: list[NodeSpec] = []
@@ -187,17 +202,26 @@ def build_graph(use_sim: bool | str = True, policy: str = "heuristic", checkpoin
         seed_list = parse_seeds(seeds)
         if seed_list is not None:
             sim_params["seeds"] = seed_list
+        if teleop == "scripted":
+            sim_params["publish_expert"] = True
         nodes.append(_spec("sim_bridge", sim_params, params_file))
     else:
         if not extrinsics:
             raise InvalidInputError("without simulation the camera extrinsics are needed: pass extrinsics:=PATH "
                                     "(from `magma calibrate handeye`)")
         nodes.append(_spec("camera", {"source": str(camera_source), "camera_info_path": str(camera_info)}, params_file))
-    nodes.append(_spec("policy", {"policy": str(policy), "policy_path": str(checkpoint), "mode": mode,
-                                  "rate_hz": policy_hz, "instruction": str(instruction),
-                                  "extrinsics_path": extrinsics}, params_file))
-    nodes.append(_spec("controller", {"mode": mode, "control_hz": control_hz, "extrinsics_path": extrinsics},
-                       params_file))
+    controller_params: dict[str, Any] = {"mode": mode, "control_hz": control_hz, "extrinsics_path": extrinsics}
+    if teleop:
+        controller_params["source"] = "teleop"
+        if teleop != "external":
+            nodes.append(_spec("teleop", {"input": teleop, "instruction": str(instruction)}, params_file))
+    else:
+        nodes.append(_spec("policy", {"policy": str(policy), "policy_path": str(checkpoint), "mode": mode,
+                                      "rate_hz": policy_hz, "instruction": str(instruction),
+                                      "extrinsics_path": extrinsics}, params_file))
+    nodes.append(_spec("controller", controller_params, params_file))
+    if str(record_dir).strip():
+        nodes.append(_spec("recorder", {"record_dir": str(record_dir), "extrinsics_path": extrinsics}, params_file))
 
     extra = extra or {}
     unknown = set(extra) - {n.name for n in nodes}

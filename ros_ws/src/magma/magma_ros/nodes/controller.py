@@ -1,9 +1,11 @@
-"""Controller node: predicted trace (or actions) -> base-frame waypoints -> safety -> arm targets.
+"""Controller node: predicted trace (or actions), or teleop commands -> base-frame targets -> safety -> arm.
 
 Trace mode: the gripper mark's trace is lifted to the base frame (intrinsics from camera_info,
 extrinsics from `extrinsics_path`; 2.5D traces use their own depth, 2D-only ones the depth image,
 else the work plane) and followed one waypoint at a time. Action mode: 7-D deltas (dx dy dz, rotation
-vector, gripper) are chained from the measured pose into waypoints.
+vector, gripper) are chained from the measured pose into waypoints. With `source: teleop` the policy's
+topics are ignored and magma/teleop/twist (integrated into a target), magma/teleop/pose (absolute
+target) and magma/teleop/gripper drive the arm instead (magma_ros.teleop.servo), through the same gate.
 
 Every control step (a timer at control_hz) the next waypoint passes the safety gate (magma_ros.safety)
 and becomes a magma/target_pose + magma/gripper_command, or nothing when holding: e-stop latched, plan
@@ -20,7 +22,7 @@ from typing import Sequence
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
-from geometry_msgs.msg import PoseStamped
+from geometry_msgs.msg import PoseStamped, TwistStamped
 from nav_msgs.msg import Path
 from rcl_interfaces.msg import SetParametersResult
 from rclpy.event_handler import SubscriptionEventCallbacks
@@ -37,8 +39,10 @@ from magma_ros.follower import WaypointFollower, plan_from_deltas
 from magma_ros.lifting import camera_pose_from_extrinsics, lift_trace, load_extrinsics, select_gripper_trace
 from magma_ros.nodes import ConfigurationError, Param, ThrottledLog, declare_parameters, main_entry, parameter_values, run_node
 from magma_ros.safety import EStopLatch, SafetyGate, SafetyLimits, staleness_reason
+from magma_ros.teleop.servo import ServoHold, TeleopServo
 
 MODES = ("trace", "action")
+SOURCES = ("policy", "teleop")
 ACTION_STAMP_SOURCES = ("latency", "receipt")
 # Actions and their magma/latency arrive on two topics; they belong together when received this close.
 ACTION_PAIRING_S = 0.5
@@ -46,6 +50,8 @@ ACTION_PAIRING_S = 0.5
 EXTRINSICS_RETRY_S = 1.0
 
 PARAMETERS = (
+    Param("source", "policy", "'policy' follows the policy (magma/trace or magma/actions, see mode); 'teleop' follows "
+                              "magma/teleop/twist, magma/teleop/pose and magma/teleop/gripper."),
     Param("mode", "trace", "'trace' follows magma/trace; 'action' follows magma/actions (7-D deltas)."),
     Param("control_hz", 20.0, "Control steps per second: one target (or a hold) per step."),
     Param("extrinsics_path", "", "Camera extrinsics YAML (magma_calibration format); without it every trace is held."),
@@ -67,6 +73,8 @@ PARAMETERS = (
     Param("action_stamp_source", "latency", "Age of actions from the paired magma/latency frame stamp ('latency', safe) or their arrival ('receipt')."),
     Param("base_frame", "base", "frame_id of targets and waypoints (the robot base)."),
     Param("estop_reset", False, "Set true to arm the e-stop reset; then a false on magma/estop releases the latch."),
+    Param("teleop_twist_timeout_s", 0.3, "Teleop: a twist whose header stamp is older than this counts as zero velocity "
+                                         "(the arm stops when the teleop stops publishing)."),
 )
 
 
@@ -76,19 +84,21 @@ class ControllerNode(Node):
         self.log = ThrottledLog(self.get_logger())
         declare_parameters(self, PARAMETERS)
         self.cfg = parameter_values(self, PARAMETERS)
-        for key, allowed in (("mode", MODES), ("action_stamp_source", ACTION_STAMP_SOURCES)):
+        for key, allowed in (("source", SOURCES), ("mode", MODES), ("action_stamp_source", ACTION_STAMP_SOURCES)):
             if self.cfg[key] not in allowed:
                 raise ConfigurationError(f"{key} must be one of {allowed}, got {self.cfg[key]!r}")
         try:
             self.gate = SafetyGate(self._limits(self.cfg), EStopLatch())
             self.follower = self._follower(self.cfg)
+            self.teleop = self._servo(self.cfg)
         except InvalidInputError as exc:
             raise ConfigurationError(f"controller: {exc}") from exc
         self.base_frame = self.cfg["base_frame"]
         self.extrinsics = None
         self._extrinsics_error = "not loaded yet"
         self._extrinsics_tried = -1e9
-        self._load_extrinsics()
+        if self.cfg["source"] == "policy":  # teleop needs no calibration; it is loaded when the policy is followed
+            self._load_extrinsics()
 
         self._ee: tuple[np.ndarray, int] | None = None  # (pose 7, header stamp ns)
         self._info: CameraInfo | None = None
@@ -113,12 +123,17 @@ class ControllerNode(Node):
         self.create_subscription(CameraInfo, "camera/camera_info", self._on_info, qos.SENSOR)
         self.create_subscription(Image, "camera/depth/image_raw", self._on_depth, qos.SENSOR)
         self.create_subscription(PoseStamped, "magma/ee_pose", self._on_ee_pose, qos.LATEST)
+        # Teleop commands: reliable, newest only, like the policy's plans (a late command is replaced, not queued).
+        self.create_subscription(TwistStamped, "magma/teleop/twist", self._on_teleop_twist, qos.LATEST)
+        self.create_subscription(PoseStamped, "magma/teleop/pose", self._on_teleop_pose, qos.LATEST)
+        self.create_subscription(Float32, "magma/teleop/gripper", self._on_teleop_gripper, qos.LATEST)
         # A volatile e-stop publisher cannot match this transient-local subscription: say so loudly.
         self.create_subscription(Bool, "magma/estop", self._on_estop, qos.LATCHED,
                                  event_callbacks=SubscriptionEventCallbacks(incompatible_qos=self._on_estop_qos))
         self.add_on_set_parameters_callback(self._on_set_parameters)
         self.timer = self.create_timer(1.0 / float(self.cfg["control_hz"]), self._tick)
-        self.get_logger().info(f"controller in {self.cfg['mode']} mode at {self.cfg['control_hz']:g} Hz, "
+        following = "teleop" if self.cfg["source"] == "teleop" else f"the policy in {self.cfg['mode']} mode"
+        self.get_logger().info(f"controller following {following} at {self.cfg['control_hz']:g} Hz, "
                                f"{self.gate.limits.step_limit * 1000:.1f} mm per step, at most {self.gate.limits.max_step * 1000:.0f} mm "
                                f"ahead of the arm, workspace {self.cfg['workspace_mode']}")
 
@@ -129,6 +144,11 @@ class ControllerNode(Node):
                             max_angular_speed=float(cfg["max_angular_speed"]), max_step=float(cfg["max_step"]),
                             max_step_angle=float(cfg["max_step_angle"]),
                             control_hz=float(cfg["control_hz"]), stale_after_s=float(cfg["stale_after_s"]))
+
+    @staticmethod
+    def _servo(cfg: dict) -> TeleopServo:
+        return TeleopServo(float(cfg["control_hz"]), float(cfg["teleop_twist_timeout_s"]), cfg["workspace_low"],
+                           cfg["workspace_high"])
 
     @staticmethod
     def _follower(cfg: dict) -> WaypointFollower:
@@ -179,10 +199,42 @@ class ControllerNode(Node):
             self._ee = None
             self.log.error(f"end-effector pose unusable: {exc}")
 
+    def _teleop_frame_ok(self, frame_id: str, what: str) -> bool:
+        if frame_id and frame_id != self.base_frame:
+            self.log.error(f"{what} in frame {frame_id!r} ignored: teleop commands must be in {self.base_frame!r}")
+            return False
+        return self.cfg["source"] == "teleop"  # ignored while following the policy
+
+    def _on_teleop_twist(self, msg: TwistStamped) -> None:
+        if not self._teleop_frame_ok(msg.header.frame_id, "teleop twist"):
+            return
+        lin, ang = msg.twist.linear, msg.twist.angular
+        try:
+            self.teleop.on_twist([lin.x, lin.y, lin.z], [ang.x, ang.y, ang.z], stamp_to_ns(msg.header.stamp))
+        except InvalidInputError as exc:
+            self.log.error(f"teleop twist ignored: {exc}")
+
+    def _on_teleop_pose(self, msg: PoseStamped) -> None:
+        if not self._teleop_frame_ok(msg.header.frame_id, "teleop pose"):
+            return
+        try:
+            self.teleop.on_pose(pose_to_numpy(msg), stamp_to_ns(msg.header.stamp))
+        except InvalidInputError as exc:
+            self.log.error(f"teleop pose ignored: {exc}")
+
+    def _on_teleop_gripper(self, msg: Float32) -> None:
+        if self.cfg["source"] != "teleop":
+            return
+        try:
+            self.teleop.on_gripper(msg.data, self._now_ns())
+        except InvalidInputError as exc:
+            self.log.error(f"teleop gripper ignored: {exc}")
+
     def _on_estop(self, msg: Bool) -> None:
         what = self.gate.estop.update(bool(msg.data))
         if what == "engaged":
             self.follower.clear()
+            self.teleop.clear()
             self.plan_stamp_ns = None
             self.get_logger().error("E-STOP latched: no targets until reset (set estop_reset true, then publish false)")
         elif what == "released":
@@ -211,11 +263,14 @@ class ControllerNode(Node):
             updated[param.name] = param.value
         if updated["mode"] not in MODES or updated["action_stamp_source"] not in ACTION_STAMP_SOURCES:
             return SetParametersResult(successful=False, reason=f"mode must be one of {MODES}, action_stamp_source one of {ACTION_STAMP_SOURCES}")
+        if updated["source"] not in SOURCES:
+            return SetParametersResult(successful=False, reason=f"source must be one of {SOURCES}")
         if any(p.name in {"control_hz", "base_frame"} for p in params):
             return SetParametersResult(successful=False, reason="control_hz and base_frame are read at start only")
         try:
             limits = self._limits(updated)
             follower = self._follower(updated)
+            servo = self._servo(updated)
         except InvalidInputError as exc:
             return SetParametersResult(successful=False, reason=str(exc))
         self.gate.limits = limits
@@ -223,9 +278,14 @@ class ControllerNode(Node):
         self.follower.settle_ns, self.follower.gripper_tolerance = follower.settle_ns, follower.gripper_tolerance
         if updated["extrinsics_path"] != self.cfg["extrinsics_path"]:
             self.extrinsics, self._extrinsics_tried = None, -1e9
-        if updated["mode"] != self.cfg["mode"]:
+        self.teleop.twist_timeout_ns, self.teleop.low, self.teleop.high = servo.twist_timeout_ns, servo.low, servo.high
+        if updated["mode"] != self.cfg["mode"] or updated["source"] != self.cfg["source"]:
+            # A new input starts from nothing: no leftover plan or teleop command is acted on.
             self.follower.clear()
             self.plan_stamp_ns = None
+            self.teleop.clear()
+            self._pending_trace = self._pending_actions = None
+            self._hold = ("OK", "waiting", "waiting for a plan")
         for param in params:
             if param.name == "estop_reset" and param.value and self.gate.estop.arm_reset():
                 self.get_logger().warning("e-stop reset armed: publish false on magma/estop to release")
@@ -304,9 +364,12 @@ class ControllerNode(Node):
             self._state(*self._hold)
         if not moved:
             self.gate.last_target = None  # after any hold, the next target is limited from the measured pose
+            self.teleop.held()
 
     def _control_step(self, now_ns: int) -> bool:
         """One control step: publish a target (True) or hold and say why (False)."""
+        if self.cfg["source"] == "teleop":
+            return self._teleop_step(now_ns)
         self._update_plan(now_ns)
         if self.gate.estop.engaged:
             self._state("ERROR", "estop", "e-stop latched")
@@ -337,6 +400,35 @@ class ControllerNode(Node):
         self._state(verdict.level, verdict.code, message, {"waypoint": command.index})
         return True
 
+    def _teleop_step(self, now_ns: int) -> bool:
+        """One control step following the teleop commands (the policy's topics are ignored)."""
+        self._pending_trace = self._pending_actions = None
+        if self.gate.estop.engaged:
+            self._state("ERROR", "estop", "e-stop latched")
+            return False
+        if self._ee is None or staleness_reason(self._ee[1], now_ns, self.gate.limits.stale_after_s):
+            self._state("WARN", "no_pose", "end-effector pose missing or stale")
+            return False
+        ee = self._ee[0]
+        command = self.teleop.step(ee, now_ns)
+        if isinstance(command, ServoHold):
+            self._state(command.level, command.code, command.reason)
+            return False
+        verdict = self.gate.check(command.target, command.gripper, ee, source_stamp_ns=command.stamp_ns, now_ns=now_ns)
+        if verdict.hold:
+            if verdict.code == "workspace":
+                self.log.warning(f"holding: {verdict.reason}")
+            self._state(verdict.level, verdict.code, verdict.reason, {"input": command.source})
+            return False
+        self.teleop.accepted(verdict.target)
+        stamp = self.get_clock().now().to_msg()
+        self.target_pub.publish(numpy_to_pose(verdict.target, stamp=stamp, frame_id=self.base_frame))
+        self.gripper_pub.publish(Float32(data=float(verdict.gripper)))
+        self.targets_published += 1
+        self._state(verdict.level, verdict.code, verdict.reason or f"following teleop {command.source}",
+                    {"input": command.source})
+        return True
+
     def _update_plan(self, now_ns: int) -> None:
         """Turn the newest trace or actions (whichever the mode follows) into the plan, or into a hold."""
         try:
@@ -360,7 +452,7 @@ class ControllerNode(Node):
         self._hold = (level, code, message)
 
     def _state(self, level: str, code: str, message: str, extra: dict | None = None) -> None:
-        values = {"code": code, "mode": self.cfg["mode"], "estop": self.gate.estop.engaged,
+        values = {"code": code, "source": self.cfg["source"], "mode": self.cfg["mode"], "estop": self.gate.estop.engaged,
                   "targets_published": self.targets_published, **self.plan_info, **(extra or {})}
         self.state_pub.publish(make_status("magma/controller", level, message, values))
 

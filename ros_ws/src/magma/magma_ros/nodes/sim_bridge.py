@@ -8,6 +8,11 @@ camera (rgb8, 32FC1 depth, CameraInfo), joint_states and magma/ee_pose. Commands
 An episode ends on success or after max_steps; the arm then holds until sim/reset (or auto_reset).
 Changing the `task` parameter resets into the new task. The true camera extrinsics are written to
 `extrinsics_path` (magma_calibration's YAML), which the controller and policy read.
+
+With `publish_expert` the task's scripted expert (magma_sim.experts, which reads privileged simulator
+state) computes its next target from each step's state, published on sim/expert_target (PoseStamped,
+base frame, stamped like that step's images) and sim/expert_gripper (Float32): what the scripted
+teleop relays to the controller. Nothing of it reaches a learned policy.
 """
 from __future__ import annotations
 
@@ -44,6 +49,8 @@ PARAMETERS = (
     Param("publish_instruction", True, "Publish each episode's task instruction on magma/instruction (latched)."),
     Param("base_frame", "base", "frame_id of poses (the robot base)."),
     Param("camera_frame", "camera_optical", "frame_id of the camera images."),
+    Param("publish_expert", False, "Publish the scripted expert's next target for the running episode on sim/expert_target "
+                                   "and sim/expert_gripper each step (uses privileged simulator state; for scripted teleop)."),
 )
 
 ARM_JOINT_NAMES = tuple(f"panda_joint{i}" for i in range(1, 8))
@@ -102,6 +109,8 @@ class SimBridgeNode(Node):
         self.base_frame, self.camera_frame = self.cfg["base_frame"], self.cfg["camera_frame"]
         self.schedule = SeedSchedule(int(self.cfg["seed"]), self.cfg["seeds"])
         self.env = None
+        self.expert = None
+        self._info: dict | None = None  # the newest step's info (privileged state for the expert)
         self._make_env(self.cfg["task"])
 
         self.image_pub = self.create_publisher(Image, "camera/image_raw", qos.SENSOR)
@@ -116,6 +125,10 @@ class SimBridgeNode(Node):
         self.create_subscription(Float32, "magma/gripper_command", self._on_gripper, qos.LATEST)
         self.create_subscription(TwistStamped, "magma/ee_delta", self._on_delta, qos.LATEST)
         self.create_service(Trigger, "sim/reset", self._on_reset)
+        if self.cfg["publish_expert"]:
+            # Like a command stream: reliable, newest only (it is a command for the next step).
+            self.expert_target_pub = self.create_publisher(PoseStamped, "sim/expert_target", qos.LATEST)
+            self.expert_gripper_pub = self.create_publisher(Float32, "sim/expert_gripper", qos.LATEST)
         self.add_on_set_parameters_callback(self._on_set_parameters)
 
         self._target: tuple[np.ndarray, float] | None = None  # (pose 7, receipt time monotonic)
@@ -149,6 +162,10 @@ class SimBridgeNode(Node):
         if self.env is not None:
             self.env.close()
         self.env = env
+        if self.cfg["publish_expert"]:
+            from magma_sim.experts import make_expert
+
+            self.expert = make_expert(task, control="waypoint", control_hz=self.control_hz)
         self._write_extrinsics()
 
     def _write_extrinsics(self) -> None:
@@ -166,14 +183,16 @@ class SimBridgeNode(Node):
         if seed is None:
             self.get_logger().info("seed schedule used up: holding the last episode")
             return
-        self.obs, _ = self.env.reset(seed=seed)
+        self.obs, self._info = self.env.reset(seed=seed)
+        if self.expert is not None:
+            self.expert.reset()
         self.episode_index += 1
         self.episode_step = 0
         self.done = self.success = False
         self._target = self._delta = None
         self._gripper = 0.0
         self._hold_pose = self.obs["ee_pose"].copy()
-        self._publish_observation()
+        self._publish_expert(self._publish_observation())
         self._publish_success(force=True)
         self._publish_episode()
         if self.cfg["publish_instruction"]:
@@ -220,6 +239,7 @@ class SimBridgeNode(Node):
             return
         try:
             self.obs, _, terminated, truncated, info = self.env.step(self._command(now))
+            self._info = info
         except MagmaError as exc:
             self.log.error(f"simulation step failed, holding: {exc}")
             return
@@ -236,12 +256,13 @@ class SimBridgeNode(Node):
                 self.get_logger().info(f"episode {self.episode_index} {outcome} after {self.episode_step} steps")
                 if self.cfg["auto_reset"]:
                     self._reset_at = now + float(self.cfg["auto_reset_delay_s"])
-        self._publish_observation()
+        self._publish_expert(self._publish_observation())
         self._publish_success()
         self._publish_episode()
 
     # -- publishing ----------------------------------------------------------------------------------
-    def _publish_observation(self) -> None:
+    def _publish_observation(self):
+        """Publish this step's camera, joints and pose; returns their stamp."""
         obs = self.obs
         stamp = self.get_clock().now().to_msg()
         self.image_pub.publish(rgb_to_image(obs["rgb"], stamp=stamp, frame_id=self.camera_frame))
@@ -254,6 +275,19 @@ class SimBridgeNode(Node):
         joints.header.stamp = stamp
         self.joint_pub.publish(joints)
         self.ee_pub.publish(numpy_to_pose(obs["ee_pose"], stamp=stamp, frame_id=self.base_frame))
+        return stamp
+
+    def _publish_expert(self, stamp) -> None:
+        """The expert's next target for the running episode (none once it has ended)."""
+        if self.expert is None or self.done or self._info is None:
+            return
+        try:
+            waypoint = self.expert.act(self.obs, self._info)
+        except Exception:  # an expert bug must not stop the simulation
+            self.log.error(f"scripted expert failed, no expert target:\n{traceback.format_exc()}")
+            return
+        self.expert_target_pub.publish(numpy_to_pose(waypoint[:7], stamp=stamp, frame_id=self.base_frame))
+        self.expert_gripper_pub.publish(Float32(data=float(waypoint[7])))
 
     def _publish_success(self, force: bool = False) -> None:
         if force or self.success != self._last_success_published:
