@@ -301,3 +301,38 @@ def test_teleop_and_recording_change_the_graph():
         build_graph(teleop="scripted", use_sim="false", extrinsics="/e.yaml")
     with pytest.raises(InvalidInputError, match="teleop must be"):
         build_graph(teleop="wiimote")
+
+
+def test_scripted_teleop_is_a_finite_job_sized_by_the_seeds():
+    specs = {s.name: s for s in build_graph(teleop="scripted", seeds="4,5,6")}
+    assert specs["teleop"].finite and specs["teleop"].parameters["episodes"] == 3
+    assert not any(s.finite for s in build_graph(teleop="joy"))
+    assert {s.name: s for s in build_graph(teleop="scripted")}["teleop"].parameters["episodes"] == 1
+
+
+def test_a_finite_node_finishing_cleanly_ends_the_run_without_failure():
+    from types import SimpleNamespace
+
+    from magma_ros.launcher import Launcher, NodeDied
+
+    class _Exited:
+        def __init__(self, code):
+            self.returncode = code
+
+        def poll(self):
+            return self.returncode
+
+    teleop = NodeSpec("teleop", "magma_ros.nodes.teleop", "magma_teleop", finite=True)
+    camera = NodeSpec("camera", "magma_ros.nodes.camera", "magma_camera")
+    launcher = Launcher([teleop], env={}, output=io.StringIO())
+    launcher.nodes = [SimpleNamespace(spec=teleop, proc=_Exited(0))]
+    launcher.check()
+    assert launcher.stop_requested and launcher.failed is None
+    failing = Launcher([teleop], env={}, output=io.StringIO())
+    failing.nodes = [SimpleNamespace(spec=teleop, proc=_Exited(3))]  # a finite job failing is still a failure
+    with pytest.raises(NodeDied):
+        failing.check()
+    plain = Launcher([camera], env={}, output=io.StringIO())
+    plain.nodes = [SimpleNamespace(spec=camera, proc=_Exited(0))]
+    with pytest.raises(NodeDied):
+        plain.check()

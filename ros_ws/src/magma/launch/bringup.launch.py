@@ -5,7 +5,7 @@ launcher (`magma bringup`) starts, so both bring up the same graph. `ros2 launch
 --show-args` lists the arguments with their descriptions.
 """
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument, OpaqueFunction
+from launch.actions import DeclareLaunchArgument, OpaqueFunction, Shutdown
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import Node
 
@@ -17,7 +17,9 @@ def _nodes(context, *args, **kwargs):
     return [
         Node(package=PACKAGE, executable=spec.executable, name=spec.name, output="screen",
              parameters=[spec.params_file, spec.parameters], remappings=list(spec.remaps),
-             additional_env=spec.env or None)
+             additional_env=spec.env or None,
+             # A node with a finite job (scripted teleop) ends the launch when it is done.
+             on_exit=[Shutdown(reason=f"{spec.name} finished")] if spec.finite else None)
         for spec in build_graph(**values)
     ]
 

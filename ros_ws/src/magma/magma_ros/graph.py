@@ -57,7 +57,8 @@ class NodeSpec:
     """One node of the graph: what to run and how to configure it.
 
     ``parameters`` override ``params_file`` (config/magma.yaml); ``remaps`` are (from, to) topic pairs;
-    ``env`` holds extra environment variables for this node only.
+    ``env`` holds extra environment variables for this node only; ``finite``: the node has a job that ends
+    (scripted teleop), and its clean exit ends the whole run instead of counting as a failure.
     """
 
     name: str
@@ -67,6 +68,7 @@ class NodeSpec:
     params_file: str = ""
     remaps: tuple[tuple[str, str], ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    finite: bool = False
 
     def ros_args(self) -> list[str]:
         """The ``--ros-args ...`` part of this node's command line."""
@@ -190,6 +192,7 @@ def build_graph(use_sim: bool | str = True, policy: str = "heuristic", checkpoin
     params_file = params_file or default_params_file()
 
     nodes: list[NodeSpec] = []
+    seed_list = parse_seeds(seeds)
     if use_sim:
         extrinsics = extrinsics or os.path.join(tempfile.gettempdir(), f"magma-sim-extrinsics-{os.getpid()}.yaml")
         sim_params: dict[str, Any] = {
@@ -199,7 +202,6 @@ def build_graph(use_sim: bool | str = True, policy: str = "heuristic", checkpoin
             # An explicit instruction wins over each episode's own (the latched topic would replace it).
             "publish_instruction": not instruction,
         }
-        seed_list = parse_seeds(seeds)
         if seed_list is not None:
             sim_params["seeds"] = seed_list
         if teleop == "scripted":
@@ -214,7 +216,12 @@ def build_graph(use_sim: bool | str = True, policy: str = "heuristic", checkpoin
     if teleop:
         controller_params["source"] = "teleop"
         if teleop != "external":
-            nodes.append(_spec("teleop", {"input": teleop, "instruction": str(instruction)}, params_file))
+            teleop_params: dict[str, Any] = {"input": teleop, "instruction": str(instruction)}
+            if teleop == "scripted":  # one expert episode per seed (default one), then the run ends
+                teleop_params["episodes"] = len(seed_list) if seed_list else 1
+            spec = _spec("teleop", teleop_params, params_file)
+            nodes.append(NodeSpec(spec.name, spec.module, spec.executable, spec.parameters, spec.params_file,
+                                  finite=teleop == "scripted"))
     else:
         nodes.append(_spec("policy", {"policy": str(policy), "policy_path": str(checkpoint), "mode": mode,
                                       "rate_hz": policy_hz, "instruction": str(instruction),
@@ -228,7 +235,7 @@ def build_graph(use_sim: bool | str = True, policy: str = "heuristic", checkpoin
     if unknown:
         raise InvalidInputError(f"extra parameters for nodes not in this graph: {', '.join(sorted(unknown))}")
     return [NodeSpec(n.name, n.module, n.executable, {**n.parameters, **extra.get(n.name, {})}, n.params_file,
-                     n.remaps, n.env) for n in nodes]
+                     n.remaps, n.env, n.finite) for n in nodes]
 
 
 def _spec(name: str, parameters: dict[str, Any], params_file: str) -> NodeSpec:

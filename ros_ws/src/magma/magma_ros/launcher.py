@@ -148,6 +148,11 @@ class Launcher:
             raise NodeDied(self.failed)
         for node in self.nodes:
             code = node.proc.poll()
+            if code == 0 and node.spec.finite and not self.stop_requested:
+                # A node with a finite job (scripted teleop) finishing cleanly ends the run, successfully.
+                self.log("launcher", f"node {node.spec.name} finished its job; stopping the others")
+                self._stop_requested.set()
+                return
             if code is not None and not self.stop_requested:
                 self.failed = f"node {node.spec.name} exited with code {code} while the graph was running"
                 self.log("launcher", self.failed + "; stopping the others")
