@@ -91,7 +91,7 @@ def test_action_answer_ids_and_their_decoding(processor):
         processor.decode_actions(answer[:5] + [EOS_ID], codec)
     with pytest.raises(UnparsableOutputError, match="not action tokens"):
         processor.decode_actions([5] + answer[1:], codec)
-    with pytest.raises(InvalidInputError, match="built for"):
+    with pytest.raises(InvalidInputError, match="writes action ids"):
         processor.decode_actions(answer, ActionTokenizer(4096, ActionNormStats(-np.ones(7), np.ones(7))))
 
 

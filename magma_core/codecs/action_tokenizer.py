@@ -96,22 +96,29 @@ class ActionTokenizer:
     Magma); the model's tokenizer should keep rarely used or reserved tokens there.
     """
 
-    def __init__(self, vocab_size: int, stats: ActionNormStats, n_bins: int = DEFAULT_N_BINS):
+    def __init__(self, vocab_size: int, stats: ActionNormStats, n_bins: int = DEFAULT_N_BINS, convention=None):
+        """`convention`: an `action_conventions.ActionTokenConvention` for another model's id layout (Magma-8B
+        writes OpenVLA-style reversed ids below Llama-3's special tokens); None keeps magma-tiny's."""
         if not isinstance(n_bins, (int, np.integer)) or n_bins < 2:
             raise InvalidInputError(f"n_bins must be an integer >= 2, got {n_bins!r}")
         if not isinstance(vocab_size, (int, np.integer)) or vocab_size <= n_bins:
             raise InvalidInputError(f"vocab_size must be an integer > n_bins ({n_bins}), got {vocab_size!r}")
-        if not isinstance(stats, ActionNormStats):
+        if convention is None and not isinstance(stats, ActionNormStats):
             raise InvalidInputError(f"stats must be ActionNormStats, got {type(stats).__name__}")
+        if convention is not None and not (callable(getattr(stats, "normalize", None)) and callable(getattr(stats, "unnormalize", None))):
+            raise InvalidInputError(f"stats must normalize/unnormalize actions, got {type(stats).__name__}")
         self.vocab_size = int(vocab_size)
         self.n_bins = int(n_bins)
         self.stats = stats
-        self.first_id = self.vocab_size - self.n_bins
+        self.convention = convention
+        self.first_id = self.vocab_size - self.n_bins if convention is None else int(convention.first_id)
         self.bin_width = 2.0 / self.n_bins
 
     def encode(self, actions: np.ndarray) -> np.ndarray:
         """Actions (..., 7) -> int64 token ids (..., 7). NaN/inf actions are an error."""
         normalized = self.stats.normalize(actions)
+        if self.convention is not None:
+            return self.convention.encode(normalized)
         bins = np.clip(np.floor((normalized + 1.0) / self.bin_width), 0, self.n_bins - 1).astype(np.int64)
         return bins + self.first_id
 
@@ -128,11 +135,15 @@ class ActionTokenizer:
             raise InvalidInputError(
                 f"{int(outside.sum())} id(s) are not action tokens (e.g. {first_bad}); action ids are [{self.first_id}, {self.vocab_size})"
             )
+        if self.convention is not None:
+            return self.stats.unnormalize(self.convention.decode(ids))
         bins = ids.astype(np.int64) - self.first_id
         return self.stats.unnormalize(-1.0 + (bins + 0.5) * self.bin_width)
 
     def is_action_token(self, ids) -> np.ndarray | bool:
         """True where an id lies in the action range; a scalar in, a bool out."""
+        if self.convention is not None:
+            return self.convention.is_action_token(ids)
         ids = np.asarray(ids)
         inside = (ids >= self.first_id) & (ids < self.vocab_size)
         return bool(inside) if inside.ndim == 0 else inside
@@ -140,6 +151,8 @@ class ActionTokenizer:
     @property
     def action_id_range(self) -> tuple[int, int]:
         """[first, end) of the action token ids."""
+        if self.convention is not None:
+            return tuple(int(v) for v in self.convention.id_range)
         return self.first_id, self.vocab_size
 
 

@@ -77,13 +77,20 @@ class MagmaProcessor:
             if getattr(tokenizer, name, None) is None:
                 raise InvalidInputError(f"the tokenizer has no {name.replace('_id', '')}; set one before building the processor")
         self._trace_vocabulary = None
+        self.action_convention = None  # None: magma-tiny's layout; for_config sets another model's
 
     @classmethod
     def for_config(cls, tokenizer, config, **kwargs) -> "MagmaProcessor":
         """A processor whose image layout matches `config` (a MagmaConfig)."""
         image_processor = MagmaImageProcessor(image_size=config.image_size, max_num_crops=config.max_num_crops)
         kwargs.setdefault("max_length", config.text_config.max_position_embeddings)
-        return cls(tokenizer, image_processor, config.features_per_side, config.use_row_separator, **kwargs)
+        processor = cls(tokenizer, image_processor, config.features_per_side, config.use_row_separator, **kwargs)
+        from magma_core.codecs.action_conventions import convention_for_config
+
+        convention = convention_for_config(config, tokenizer)
+        # magma-tiny's layout is the processor's own; only another layout (Magma-8B's) is kept.
+        processor.action_convention = None if convention.name == "magma-tiny" else convention
+        return processor
 
     # ------------------------------------------------------------------ ids
 
@@ -101,7 +108,11 @@ class MagmaProcessor:
 
     @property
     def action_id_range(self) -> tuple[int, int]:
-        """[first, end) of the action tokens: the last 256 ids of the vocabulary."""
+        """[first, end) of the action tokens: the last 256 ids of the vocabulary (magma-tiny), or the model's own
+        layout (`action_convention`, e.g. Magma-8B's reversed ids ending at Llama-3's base vocabulary)."""
+        convention = getattr(self, "action_convention", None)
+        if convention is not None:
+            return tuple(int(v) for v in convention.id_range)
         return self.vocab_size - DEFAULT_N_BINS, self.vocab_size
 
     @property
@@ -259,9 +270,9 @@ class MagmaProcessor:
         """Generated ids -> actions (K, 7) in dataset units; raises UnparsableOutputError on anything else."""
         if not isinstance(action_tokenizer, ActionTokenizer):
             raise InvalidInputError(f"action_tokenizer must be an ActionTokenizer, got {type(action_tokenizer).__name__}")
-        if action_tokenizer.vocab_size != self.vocab_size:
+        if tuple(action_tokenizer.action_id_range) != tuple(self.action_id_range):
             raise InvalidInputError(
-                f"the ActionTokenizer was built for {action_tokenizer.vocab_size} ids but the vocabulary has {self.vocab_size}"
+                f"the ActionTokenizer writes action ids {action_tokenizer.action_id_range} but this model's are {self.action_id_range}"
             )
         tokens = np.asarray(self.answer_ids(ids), dtype=np.int64)
         want = None if n_actions is None else ACTION_DIM * int(n_actions)
