@@ -22,6 +22,7 @@ _EXPORTS = {
     "TraceVocabulary": "constrained",
     "generate_trace": "generation",
     "generate_actions": "generation",
+    "greedy_trace": "generation",
     "CheckpointError": "safe_loading",
 }
 

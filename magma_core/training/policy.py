@@ -133,7 +133,8 @@ class MagmaPolicy:
 
     def _infer_trace(self, obs: dict[str, Any]) -> dict[str, Any]:
         from magma_core.model import TraceGrammar, UnparsableOutputError
-        from magma_core.model.generation import generate_trace
+        from magma_core.model.fast_decode import trace_start_prefix
+        from magma_core.model.generation import greedy_trace
 
         proposal = propose_marks(obs, self.proposal_config)
         width, height = proposal.image_size
@@ -151,7 +152,14 @@ class MagmaPolicy:
         grammar = TraceGrammar(expect_steps=self.trace_steps + 1, expect_25d=True, n_depth_bins=self.depth_binning.n_bins,
                                mark_ids=self._trace_mark_ids(marks), max_marks=min(self.max_marks, len(marks)))
         budget = 16 + grammar.max_marks * (8 + TOKENS_PER_STEP * (self.trace_steps + 1))
-        results, _ = generate_trace(self.model, self.processor, batch, grammar, max_new_tokens=budget, do_sample=False)
+        prefix = ""
+        gripper, gripper_cell = proposal.gripper, dict(marks).get(GRIPPER_MARK_ID)
+        if (gripper is not None and gripper_cell is not None and GRIPPER_MARK_ID in grammar.mark_ids
+                and np.isfinite(gripper.depth) and gripper.depth > 0):
+            # The gripper's trace starts where proprioception puts it (as in training): the model need not write that.
+            prefix = trace_start_prefix(GRIPPER_MARK_ID, gripper_cell, self.depth_binning.encode(gripper.depth))
+        # Greedy with jump-forward over the grammar's forced text: the same tokens as `generate`, fewer model calls.
+        results, _ = greedy_trace(self.model, self.processor, batch, grammar, max_new_tokens=budget, forced_prefix=prefix)
         result = results[0]
         if not result.ok:
             raise UnparsableOutputError(f"the model's trace did not parse: {result.error}")

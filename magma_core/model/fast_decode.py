@@ -1,0 +1,341 @@
+"""Greedy Trace-of-Mark decoding that runs the model only where the trace grammar leaves a choice.
+
+`generate_trace` (transformers' ``generate`` + `TraceLogitsProcessor`) runs one forward call per
+token: about 32 for a one-mark, three-step 2.5D trace. Most of those tokens are fixed by the
+grammar: the punctuation between numbers, ``Mark 1: [(`` when one mark id is allowed, ``]`` and
+the end marker once the step count is reached. `greedy_trace` writes such text itself
+("jump-forward") and asks the model only at the branching points (the numbers):
+
+- The characters the grammar forces from a state, plus the ``,`` / ``)`` / ``:`` that would end a
+  number just written (a guess), are tokenized with the processor's tokenizer as training
+  tokenized answers. Its pre-tokenizer isolates runs of digits, so numbers and punctuation
+  never share a token and the run's tokens are the ones the whole answer holds in context.
+- That draft is fed in ONE forward call together with the token chosen last; the logits at every
+  drafted position verify it: a drafted token stays only if it is the grammar-masked argmax
+  there, exactly what greedy ``generate`` picks. At the first mismatch the model's own choice
+  replaces the rest of the draft and the KV cache is cropped back. So the output is
+  token-for-token the greedy one whatever the weights (up to floating-point ties), and a model
+  trained on canonical answers accepts nearly every draft.
+- A token that is the only one the grammar (and the token budget) allows needs no logits: it is
+  appended without verification, and a draft that ends with end-of-sequence after such tokens
+  needs no further call at all.
+
+Each forward call after the prefill therefore starts from a token the model chose among several
+(a branching token), so calls <= branching tokens + 1; for a 3-step 2.5D trace of one forced
+mark id that is 13 calls instead of ~32, and fewer with a `forced_prefix` (text the caller
+already knows, e.g. the gripper's current cell and depth bin).
+"""
+from __future__ import annotations
+
+import weakref
+from collections import OrderedDict
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+import torch
+
+from magma_core.codecs.trace_text import TRACE_START
+from magma_core.errors import InvalidInputError
+from magma_core.model.trace_grammar import Phase, TraceGrammar, TraceState
+
+_CACHE_SIZE = 16384  # grammar states kept with their options and forced runs, per vocabulary
+_DONE = TraceState(Phase.DONE)
+_NUMBER_PHASES = (Phase.FIELD, Phase.MARK_ID)
+
+# Per-vocabulary caches (the vocabulary lives as long as its processor): (grammar, state) -> work.
+_CACHES: "weakref.WeakKeyDictionary[object, dict[str, OrderedDict]]" = weakref.WeakKeyDictionary()
+
+
+@dataclass(frozen=True)
+class _Options:
+    """Tokens the grammar accepts from one state, sorted by id (argmax ties break like a full-vocabulary argmax)."""
+
+    ids: torch.Tensor
+    costs: dict[int, int]  # tokens each leaves to finish the trace
+    max_cost: int
+    next_states: dict[int, TraceState]
+
+
+@dataclass
+class _Draft:
+    """Tokens written without the model: `certain` ones are the only choice, the others need verifying."""
+
+    tokens: list[int] = field(default_factory=list)
+    states: list[TraceState] = field(default_factory=list)  # the state before each token
+    certain: list[bool] = field(default_factory=list)
+    end_state: TraceState = _DONE
+
+    def add(self, token: int, state: TraceState, certain: bool) -> None:
+        self.tokens.append(token)
+        self.states.append(state)
+        self.certain.append(certain)
+
+
+class _TraceDecoder:
+    """Grammar bookkeeping for one greedy decode: allowed tokens under the budget and the drafts."""
+
+    def __init__(self, processor, grammar: TraceGrammar, max_new_tokens: int):
+        self.vocab = processor.trace_vocabulary
+        self.tokenizer = processor.tokenizer
+        if grammar.markers_as_text != self.vocab.markers_as_text:
+            grammar = replace(grammar, markers_as_text=self.vocab.markers_as_text)
+        self.grammar = grammar
+        self.max_new_tokens = int(max_new_tokens)
+        self.eos = self.vocab.eos_token_id
+        # Every character some grammar-text token starts with: the grammar's whole alphabet.
+        self.alphabet = tuple(self.vocab.trie.children[0].keys())
+        caches = _CACHES.get(self.vocab)
+        if caches is None:
+            caches = {"options": OrderedDict(), "forced": OrderedDict()}
+            _CACHES[self.vocab] = caches
+        self._options_cache, self._forced_cache = caches["options"], caches["forced"]
+
+    # ------------------------------------------------------------------ allowed tokens
+
+    def options(self, state: TraceState) -> _Options:
+        key = (self.grammar, state)
+        found = self._options_cache.get(key)
+        if found is not None:
+            self._options_cache.move_to_end(key)
+            return found
+        ids, costs, next_states = self.vocab.options(self.grammar, state)
+        order = torch.argsort(ids)
+        ids, costs = ids[order], costs[order]
+        found = _Options(ids, dict(zip(ids.tolist(), costs.tolist())), int(costs.max()) if costs.numel() else 0, next_states)
+        _remember(self._options_cache, key, found)
+        return found
+
+    def allowed(self, state: TraceState, generated: int) -> tuple[torch.Tensor, dict[int, TraceState]]:
+        """Ids the masked argmax may pick after `generated` answer tokens (as `TraceLogitsProcessor`), and their states."""
+        opts = self.options(state)
+        budget = self.max_new_tokens - generated - 1
+        if opts.max_cost <= budget:
+            return opts.ids, opts.next_states
+        ids = torch.tensor([t for t in opts.ids.tolist() if opts.costs[t] <= budget], dtype=torch.long)
+        if ids.numel() == 0:  # unreachable while the budget checks hold; never leave the decode without a token
+            return torch.tensor([self.eos]), {self.eos: _DONE}
+        return ids, opts.next_states
+
+    def admits(self, state: TraceState, generated: int, token: int) -> bool:
+        opts = self.options(state)
+        cost = opts.costs.get(token)
+        return cost is not None and cost <= self.max_new_tokens - generated - 1
+
+    def encode(self, text: str) -> list[int]:
+        """Canonical tokens of answer text; markers stay text where the vocabulary spells them out."""
+        ids = self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=self.vocab.markers_as_text)
+        return [int(i) for i in ids]
+
+    # ------------------------------------------------------------------ drafts
+
+    def forced_tokens(self, state: TraceState) -> tuple[int, ...]:
+        """Canonical tokens of the text the grammar forces from `state` (number ends guessed); cached."""
+        key = (self.grammar, state)
+        found = self._forced_cache.get(key)
+        if found is not None:
+            self._forced_cache.move_to_end(key)
+            return found
+        text = self._forced_text(state)
+        found = tuple(self.encode(text)) if text else ()
+        _remember(self._forced_cache, key, found)
+        return found
+
+    def _forced_text(self, state: TraceState) -> str:
+        chars: list[str] = []
+        while state.phase not in (Phase.START, Phase.END, Phase.DONE):
+            if state.phase == Phase.AFTER_MARK and not self.grammar.markers_as_text:
+                break  # "\n" (another mark) or the end marker token: a real choice
+            steps = [(char, nxt) for char in self.alphabet if (nxt := self.grammar.step(state, char)) is not None]
+            if len(steps) != 1 and state.phase in _NUMBER_PHASES and state.digits:
+                # Guess that the number just written is complete: its one terminator, verified by the model.
+                steps = [(char, nxt) for char, nxt in steps if not char.isdigit()]
+            if len(steps) != 1:
+                break
+            char, state = steps[0]
+            chars.append(char)
+        return "".join(chars)
+
+    def draft(self, state: TraceState, generated: int) -> _Draft:
+        """Tokens from `state` up to the next real choice: forced ones (certain) and the canonical run (to verify)."""
+        draft = _Draft()
+        while generated + len(draft.tokens) < self.max_new_tokens and state.phase != Phase.DONE:
+            ids, next_states = self.allowed(state, generated + len(draft.tokens))
+            if ids.numel() == 1:
+                token = int(ids[0])
+                draft.add(token, state, True)
+                state = next_states.get(token, _DONE)
+                if token == self.eos:
+                    break
+                continue
+            progressed = False
+            for token in self.forced_tokens(state):
+                if not self.admits(state, generated + len(draft.tokens), token):
+                    break  # the canonical split is not writable here (budget): let the model choose
+                ids, next_states = self.allowed(state, generated + len(draft.tokens))
+                draft.add(token, state, ids.numel() == 1)
+                state = next_states[token]
+                progressed = True
+            if not progressed:
+                break
+        draft.end_state = state
+        return draft
+
+    # ------------------------------------------------------------------ forced prefix
+
+    def walk_prefix(self, state: TraceState, prefix_ids: list[int], prefix: str) -> TraceState:
+        for index, token in enumerate(prefix_ids):
+            if not self.admits(state, index, token):
+                done = self.tokenizer.decode(prefix_ids[:index], skip_special_tokens=False)
+                piece = self.tokenizer.decode([token], skip_special_tokens=False)
+                raise InvalidInputError(
+                    f"forced_prefix {prefix!r} is not a trace start the grammar accepts within {self.max_new_tokens} "
+                    f"tokens: {piece!r} cannot follow {done!r}"
+                )
+            state = self.options(state).next_states[token]
+        return state
+
+
+def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_new_tokens: int = 256,
+                     forced_prefix: str = "", stats: dict | None = None) -> torch.Tensor:
+    """Answer ids (1, n): `forced_prefix`'s tokens then greedy, grammar-constrained tokens up to end-of-sequence.
+
+    `max_new_tokens` bounds the whole answer, forced prefix included. `stats`, if given, receives
+    ``forward_calls`` and ``drafted`` / ``accepted`` token counts.
+    """
+    if not isinstance(grammar, TraceGrammar):
+        raise InvalidInputError(f"grammar must be a TraceGrammar, got {type(grammar).__name__}")
+    if not isinstance(forced_prefix, str):
+        raise InvalidInputError(f"forced_prefix must be a str, got {type(forced_prefix).__name__}")
+    prompt = _single_prompt(batch)
+    decoder = _TraceDecoder(processor, grammar, max_new_tokens)
+    fewest = decoder.grammar.min_tokens_to_finish(decoder.grammar.initial_state())
+    if decoder.max_new_tokens < fewest:
+        raise InvalidInputError(f"max_new_tokens={max_new_tokens} is too small for a trace; it needs at least {fewest}")
+    start_id = decoder.vocab.trace_start_id
+    state = decoder.grammar.initial_state(start_marker_done=start_id is not None and int(prompt[-1]) == start_id)
+    prefix_ids = decoder.encode(forced_prefix) if forced_prefix else []
+    state = decoder.walk_prefix(state, prefix_ids, forced_prefix)
+
+    answer = list(prefix_ids)
+    counts = {"forward_calls": 0, "drafted": 0, "accepted": 0}
+    pending = prompt + prefix_ids  # tokens not yet in the KV cache
+    cache, seen = None, 0
+    images = {k: batch[k] for k in ("pixel_values", "image_grids") if batch.get(k) is not None}
+    device = torch.as_tensor(batch["input_ids"]).device
+    with torch.inference_mode():
+        while len(answer) < decoder.max_new_tokens and state.phase != Phase.DONE:
+            draft = decoder.draft(state, len(answer))
+            counts["drafted"] += draft.certain.count(False)
+            # Rows of logits needed: after each drafted token to verify, and after the draft unless it ends the answer.
+            rows = [i for i, sure in enumerate(draft.certain) if not sure]
+            ends = bool(draft.tokens) and draft.tokens[-1] == decoder.eos
+            if not ends and len(answer) + len(draft.tokens) < decoder.max_new_tokens:
+                rows.append(len(draft.tokens))
+            if not rows:  # the rest is forced: nothing left for the model to decide
+                answer.extend(draft.tokens)
+                break
+            last = rows[-1]
+            feed = torch.tensor([pending + draft.tokens[:last]], dtype=torch.long, device=device)
+            out = model(
+                input_ids=feed,
+                attention_mask=torch.ones(1, seen + feed.shape[1], dtype=torch.long, device=device),
+                cache=cache,
+                use_cache=True,
+                logits_to_keep=last + 1,
+                **(images if cache is None else {}),
+            )
+            counts["forward_calls"] += 1
+            cache, seen = out.cache, seen + feed.shape[1]
+            choice, kept, state = _verify(decoder, draft, out.logits[0], answer, counts)
+            if choice is None:
+                break  # the draft ran to end-of-sequence (or the budget) and the model agreed
+            # The cache holds the draft up to row `last`; keep what precedes the chosen token, which is fed next.
+            if last > kept:
+                cache.crop(kept - last)
+                seen -= last - kept
+            if choice == decoder.eos:
+                break
+            pending = [choice]
+    if stats is not None:
+        stats.update(counts)
+    return torch.tensor([answer], dtype=torch.long)
+
+
+def _verify(decoder: _TraceDecoder, draft: _Draft, logits: torch.Tensor, answer: list[int], counts: dict):
+    """Append the draft's tokens greedy decoding keeps and the model's choice after them.
+
+    Row i of `logits` follows the context and draft[:i]. Returns (the model's chosen token, or
+    None when the draft ran to its end; the row it was chosen at; the state after it).
+    """
+    state = draft.states[0] if draft.tokens else draft.end_state
+    for row in range(len(draft.tokens) + 1):
+        drafted = draft.tokens[row] if row < len(draft.tokens) else None
+        if drafted is not None and draft.certain[row]:
+            answer.append(drafted)
+            state = decoder.options(state).next_states.get(drafted, _DONE)
+            continue
+        if row >= logits.shape[0]:
+            return None, row, state
+        ids, next_states = decoder.allowed(state, len(answer))
+        # Greedy over the grammar's tokens only, in id order: the same pick as argmax of the masked full row.
+        scores = logits[row].float()[ids.to(logits.device)]
+        choice = int(ids[int(torch.argmax(scores))])
+        answer.append(choice)
+        state = next_states.get(choice, _DONE)
+        if drafted is None or choice != drafted:
+            return choice, row, state
+        counts["accepted"] += 1
+    return None, len(draft.tokens), state
+
+
+def trace_start_prefix(mark_id: int, cell, depth_bin: int | None = None) -> str:
+    """Text that opens a trace at a known first step, for `greedy_trace`'s `forced_prefix`.
+
+    ``trace_start_prefix(1, (114, 74), 59)`` -> ``<trace_start>Mark 1: [(114,74,59,`` (2.5D: the model
+    writes the gripper bit on); without `depth_bin` -> ``<trace_start>Mark 1: [(114,74,``. `cell` is
+    the mark's current (x, y) grid cell. Written as `encode_traces` writes a trace.
+    """
+    values = [mark_id, *_pair(cell)] + ([] if depth_bin is None else [depth_bin])
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < 0:
+            raise InvalidInputError(
+                f"trace_start_prefix needs non-negative ints, got mark {mark_id!r}, cell {cell!r}, depth bin {depth_bin!r}"
+            )
+    mark, x, y = (int(v) for v in values[:3])
+    head = f"{TRACE_START}Mark {mark}: [({x},{y},"
+    return head if depth_bin is None else head + f"{int(depth_bin)},"
+
+
+def _pair(cell) -> list:
+    items = list(cell) if isinstance(cell, (tuple, list)) else np.asarray(cell).reshape(-1).tolist()
+    if len(items) != 2:
+        raise InvalidInputError(f"cell must be an (x, y) pair, got {cell!r}")
+    return items
+
+
+def _single_prompt(batch: dict) -> list[int]:
+    """The one prompt's ids, left padding removed; refuses batches of several prompts."""
+    if not isinstance(batch, dict) or "input_ids" not in batch:
+        raise InvalidInputError("batch must be a processor batch (a dict with input_ids)")
+    ids = torch.as_tensor(batch["input_ids"])
+    if ids.ndim != 2 or ids.shape[0] != 1:
+        raise InvalidInputError(
+            f"greedy_trace decodes one prompt at a time; got input_ids of shape {tuple(ids.shape)} "
+            "(use generate_trace for batches)"
+        )
+    mask = batch.get("attention_mask")
+    row = ids[0]
+    if mask is not None:
+        row = row[torch.as_tensor(mask)[0].bool()]
+    if row.numel() == 0:
+        raise InvalidInputError("the prompt is empty")
+    return [int(t) for t in row.tolist()]
+
+
+def _remember(cache: OrderedDict, key, value) -> None:
+    cache[key] = value
+    if len(cache) > _CACHE_SIZE:
+        cache.popitem(last=False)
+
+
+__all__ = ["greedy_trace_ids", "trace_start_prefix"]

@@ -1,0 +1,275 @@
+"""`greedy_trace`: the jump-forward greedy decoder gives generate()'s greedy tokens in fewer forward calls."""
+import inspect
+
+import numpy as np
+import pytest
+import torch
+
+from magma_core.errors import InvalidInputError
+from magma_core.model import MagmaConfig, MagmaForConditionalGeneration, MagmaProcessor, TraceGrammar
+from magma_core.model.generation import generate_trace, greedy_trace
+from magma_core.model.tokenizer_tiny import EOS_ID, TRACE_END_ID, TRACE_START_ID, train_tiny_tokenizer
+from magma_core.model.trace_grammar import Phase
+from magma_core.prompts import trace_prompt
+from model_fixtures import SMALL, one_torch_thread  # noqa: E402,F401
+
+MARKS = [(1, (10, 20)), (2, (100, 200)), (7, (30, 40))]
+ONE_MARK_25D = TraceGrammar(expect_steps=3, expect_25d=True, mark_ids=frozenset({1}), max_marks=1)
+
+
+@pytest.fixture(scope="module")
+def processor():
+    return MagmaProcessor.for_config(train_tiny_tokenizer(), MagmaConfig.magma_tiny(**SMALL))
+
+
+def _model(seed: int):
+    torch.manual_seed(seed)
+    return MagmaForConditionalGeneration(MagmaConfig.magma_tiny(**SMALL)).eval()
+
+
+@pytest.fixture(scope="module")
+def model():
+    return _model(1)
+
+
+def _batch(processor, seed=0, instruction="put the red cube on the pad", with_depth=True, n=1):
+    image = np.random.default_rng(seed).integers(0, 256, (64, 64, 3), dtype=np.uint8)
+    prompt = trace_prompt(instruction, MARKS, 2, with_depth=with_depth)
+    return processor([image] * n, [prompt] * n)
+
+
+class _CountingForward:
+    """Wraps model.forward: counts calls and, given a script, makes the model write it (a large logit bonus).
+
+    The script (answer ids) is indexed by absolute position, read from the KV cache length, so it
+    also steers a decoder that feeds several tokens per call or crops its cache.
+    """
+
+    def __init__(self, model, prompt_length=0, script=()):
+        self.model, self.inner = model, model.forward
+        self.prompt_length, self.script = prompt_length, list(script)
+        self.calls, self.history = 0, []
+        self.__signature__ = inspect.signature(self.inner)  # generate() checks its kwargs against it
+
+    def __enter__(self):
+        self.model.forward = self
+        return self
+
+    def __exit__(self, *exc):
+        del self.model.forward
+
+    def __call__(self, input_ids=None, cache=None, past_key_values=None, **kwargs):
+        self.calls += 1
+        past = cache if cache is not None else past_key_values
+        start = past.get_seq_length() if past is not None else 0
+        self.history = self.history[:start] + input_ids[0].tolist()
+        out = self.inner(input_ids=input_ids, cache=cache, past_key_values=past_key_values, **kwargs)
+        rows = out.logits.shape[1]
+        for row in range(rows):
+            index = len(self.history) - rows + row + 1 - self.prompt_length
+            if 0 <= index < len(self.script):
+                out.logits[0, row, self.script[index]] += 1e4
+        return out
+
+
+def _reference_greedy(model, processor, batch, grammar, max_new_tokens, prefix_ids):
+    """One full forward per token, no cache: the plainest grammar-masked greedy decode."""
+    vocab = processor.trace_vocabulary
+    state = grammar.initial_state()
+    answer = []
+    for token in prefix_ids:
+        state = vocab.options(grammar, state)[2][token]
+        answer.append(token)
+    while len(answer) < max_new_tokens and state.phase != Phase.DONE:
+        ids, costs, next_states = vocab.options(grammar, state)
+        ids = ids[costs <= max_new_tokens - len(answer) - 1]
+        with torch.inference_mode():
+            logits = model(
+                input_ids=torch.cat([batch["input_ids"], torch.tensor([answer], dtype=torch.long)], dim=1),
+                pixel_values=batch["pixel_values"], image_grids=batch["image_grids"], logits_to_keep=1,
+            ).logits[0, -1]
+        masked = torch.full_like(logits, float("-inf"))
+        masked[ids] = logits[ids]
+        token = int(masked.argmax())
+        answer.append(token)
+        state = next_states[token]
+    return answer
+
+
+def _branching_tokens(processor, grammar, answer, max_new_tokens):
+    """Answer tokens chosen where the grammar and the token budget allowed more than one token."""
+    vocab, state, count = processor.trace_vocabulary, grammar.initial_state(), 0
+    for position, token in enumerate(answer):
+        ids, costs, next_states = vocab.options(grammar, state)
+        if int((costs <= max_new_tokens - position - 1).sum()) > 1:
+            count += 1
+        state = next_states[token]
+    return count
+
+
+def _rows(result):
+    return [(t.mark_id, t.cells.tolist(), _list(t.depth_bins), _list(t.gripper)) for t in result.traces]
+
+
+def _list(values):
+    return None if values is None else values.tolist()
+
+
+# ------------------------------------------------------------------ equivalence
+
+
+@pytest.mark.parametrize(
+    "seed, grammar, with_depth",
+    [
+        (0, ONE_MARK_25D, True),
+        (1, TraceGrammar(expect_steps=3, expect_25d=True, mark_ids=frozenset({1, 2, 7}), max_marks=2), True),
+        (2, TraceGrammar(), True),
+        (3, TraceGrammar(expect_25d=False, max_marks=3), False),
+        (4, TraceGrammar(expect_steps=2, mark_ids=frozenset({2, 7})), False),
+    ],
+)
+def test_same_tokens_and_parse_as_generate_greedy(processor, seed, grammar, with_depth):
+    model = _model(seed)
+    batch = _batch(processor, seed, with_depth=with_depth)
+    expected, expected_ids = generate_trace(model, processor, batch, grammar, max_new_tokens=64, do_sample=False)
+    results, ids = greedy_trace(model, processor, batch, grammar, max_new_tokens=64)
+    assert ids.tolist() == expected_ids.tolist()
+    assert len(results) == 1 and results[0].ok
+    assert expected[0].ok and _rows(results[0]) == _rows(expected[0])
+    assert ids[0, 0] == TRACE_START_ID and ids[0, -2:].tolist() == [TRACE_END_ID, EOS_ID]
+
+
+def test_tight_budget_gives_the_same_closed_trace(model, processor):
+    grammar = TraceGrammar(expect_steps=2, expect_25d=True)
+    fewest = grammar.min_tokens_to_finish(grammar.initial_state())
+    batch = _batch(processor, 5)
+    _, expected_ids = generate_trace(model, processor, batch, grammar, max_new_tokens=fewest, do_sample=False)
+    results, ids = greedy_trace(model, processor, batch, grammar, max_new_tokens=fewest)
+    assert ids.tolist() == expected_ids.tolist() and results[0].ok
+    with pytest.raises(InvalidInputError, match="too small"):
+        greedy_trace(model, processor, batch, grammar, max_new_tokens=fewest - 1)
+
+
+# ------------------------------------------------------------------ forced prefix
+
+
+def test_forced_prefix_is_kept_and_the_rest_is_greedy(model, processor):
+    batch = _batch(processor, 6)
+    prefix = "<trace_start>Mark 1: [(114,74,59,"
+    results, ids = greedy_trace(model, processor, batch, ONE_MARK_25D, max_new_tokens=72, forced_prefix=prefix)
+    assert results[0].ok
+    assert processor.decode_text(ids[0]).startswith(prefix)
+    trace = results[0].traces[0]
+    assert trace.mark_id == 1 and trace.cells[0].tolist() == [114, 74] and int(trace.depth_bins[0]) == 59 and trace.length == 3
+    prefix_ids = processor.tokenizer.encode(prefix, add_special_tokens=False)
+    assert ids[0].tolist() == _reference_greedy(model, processor, batch, ONE_MARK_25D, 72, prefix_ids)
+
+
+@pytest.mark.parametrize(
+    "prefix, problem",
+    [
+        ("Mark 1: [(", "cannot follow"),  # the start marker is missing
+        ("<trace_start>Mark 9: [(", "cannot follow"),  # only mark 1 is allowed
+        ("<trace_start>Mark 1: [(300,", "cannot follow"),  # outside the grid
+        ("<trace_start>Mark 1: [(1,2)", "cannot follow"),  # 2D where the grammar wants 2.5D
+        ("<trace_start>Mark 1: [(1,2,3,0)]<trace_end>", "cannot follow"),  # one step where three are needed
+    ],
+)
+def test_forced_prefix_the_grammar_rejects_is_refused(model, processor, prefix, problem):
+    with pytest.raises(InvalidInputError, match=problem):
+        greedy_trace(model, processor, _batch(processor), ONE_MARK_25D, max_new_tokens=72, forced_prefix=prefix)
+
+
+def test_forced_prefix_must_be_text_and_fit_the_budget(model, processor):
+    with pytest.raises(InvalidInputError, match="must be a str"):
+        greedy_trace(model, processor, _batch(processor), ONE_MARK_25D, 72, forced_prefix=b"<trace_start>")
+    grammar = TraceGrammar(expect_steps=1, expect_25d=True, max_marks=2)
+    fewest = grammar.min_tokens_to_finish(grammar.initial_state())
+    # A second mark: the shortest completion of the first fits the budget, two marks do not.
+    with pytest.raises(InvalidInputError, match=f"within {fewest} tokens"):
+        prefix = "<trace_start>Mark 1: [(1,2,3,0)]\nMark 2: [("
+        greedy_trace(model, processor, _batch(processor), grammar, fewest, forced_prefix=prefix)
+
+
+def test_a_complete_prefix_needs_no_forward_call(model, processor):
+    text = "<trace_start>Mark 1: [(1,2,3,0),(4,5,6,0),(7,8,9,1)]<trace_end>"
+    with _CountingForward(model) as counter:
+        results, ids = greedy_trace(model, processor, _batch(processor), ONE_MARK_25D, 72, forced_prefix=text)
+    assert counter.calls == 0
+    assert results[0].ok and processor.decode_text(ids[0]) == text and ids[0, -1] == EOS_ID
+
+
+# ------------------------------------------------------------------ input checks and robustness
+
+
+def test_batches_of_several_prompts_are_refused(model, processor):
+    with pytest.raises(InvalidInputError, match="one prompt at a time"):
+        greedy_trace(model, processor, _batch(processor, n=2), ONE_MARK_25D, 72)
+
+
+def test_random_weights_always_parse(processor):
+    prefixes = ("", "<trace_start>", "<trace_start>Mark 1: [(", "<trace_start>Mark 1: [(114,74,59,")
+    for seed in range(20):
+        model = _model(100 + seed)
+        if seed % 2:
+            grammar = ONE_MARK_25D
+        else:
+            grammar = TraceGrammar(expect_steps=2, expect_25d=True, mark_ids=frozenset({1, 2, 7}), max_marks=2)
+        prefix = prefixes[seed % len(prefixes)]
+        results, ids = greedy_trace(model, processor, _batch(processor, seed), grammar, 72, forced_prefix=prefix)
+        result = results[0]
+        assert result.ok, (seed, result.error)
+        assert all(t.is_25d and t.length == grammar.expect_steps and t.mark_id in grammar.mark_ids for t in result.traces)
+        assert ids.shape[1] <= 72 and ids[0, -1] == EOS_ID
+        assert processor.decode_text(ids[0]).startswith(prefix)
+
+
+# ------------------------------------------------------------------ forward calls
+
+
+def test_forward_calls_at_most_branching_tokens_plus_one(processor):
+    grammar = TraceGrammar(expect_steps=3, expect_25d=True, mark_ids=frozenset({1, 2, 7}), max_marks=2)
+    for seed in range(3):
+        model = _model(200 + seed)
+        batch = _batch(processor, seed)
+        with _CountingForward(model) as counter:
+            _, ids = greedy_trace(model, processor, batch, grammar, 96)
+        answer = ids[0].tolist()
+        assert counter.calls <= _branching_tokens(processor, grammar, answer, 96) + 1
+        assert counter.calls < len(answer)
+        with _CountingForward(model) as counter:
+            _, old_ids = generate_trace(model, processor, batch, grammar, max_new_tokens=96, do_sample=False)
+        assert counter.calls == len(answer) and old_ids.tolist() == ids.tolist()  # generate: one call per token
+
+
+def test_a_model_writing_canonical_text_is_asked_only_for_the_numbers(model, processor):
+    """Jump-forward proper: punctuation, mark ids and markers cost no call; each number costs one."""
+    batch = _batch(processor, 7)
+    answer = "<trace_start>Mark 1: [(114,74,59,1),(120,80,57,1),(126,88,5,0)]<trace_end>"
+    script = processor.encode_answer(answer)
+    prompt_length = batch["input_ids"].shape[1]
+    with _CountingForward(model, prompt_length, script) as counter:
+        results, ids = greedy_trace(model, processor, batch, ONE_MARK_25D, 72)
+    assert ids[0].tolist() == script and results[0].ok
+    assert counter.calls == 12 + 1  # 3 steps x 4 numbers, + the prefill
+    prefix = "<trace_start>Mark 1: [(114,74,59,"
+    with _CountingForward(model, prompt_length, script) as counter:
+        _, ids = greedy_trace(model, processor, batch, ONE_MARK_25D, 72, forced_prefix=prefix)
+    assert ids[0].tolist() == script
+    assert counter.calls == 9 + 1
+    with _CountingForward(model, prompt_length, script) as counter:
+        _, old_ids = generate_trace(model, processor, batch, ONE_MARK_25D, max_new_tokens=72, do_sample=False)
+    assert old_ids[0].tolist() == script and counter.calls == len(script)
+
+
+def test_trace_start_prefix_writes_the_canonical_opening(model, processor):
+    from magma_core.model.fast_decode import trace_start_prefix
+
+    assert trace_start_prefix(1, (114, 74), 59) == "<trace_start>Mark 1: [(114,74,59,"
+    assert trace_start_prefix(3, np.array([0, 255])) == "<trace_start>Mark 3: [(0,255,"
+    with pytest.raises(InvalidInputError, match="non-negative ints"):
+        trace_start_prefix(1, (1.5, 2), 3)
+    with pytest.raises(InvalidInputError, match="pair"):
+        trace_start_prefix(1, (1, 2, 3))
+    results, _ = greedy_trace(model, processor, _batch(processor), ONE_MARK_25D, 72, trace_start_prefix(1, (114, 74), 59))
+    assert results[0].ok and results[0].traces[0].cells[0].tolist() == [114, 74]
