@@ -1,4 +1,9 @@
-"""`magma train --config CONFIG.yaml [--resume]`: train a Magma model on a mixture of datasets and objectives."""
+"""`magma train --config CONFIG.yaml [--resume]`: train a Magma model on a mixture of datasets and objectives.
+
+Several GPUs: start the same command under torchrun, e.g.
+``torchrun --nproc_per_node=4 -m magma_core.cli train --config CONFIG.yaml``; each process takes
+its slice of every batch and only rank 0 prints and writes (docs/training_scale_out.md).
+"""
 from __future__ import annotations
 
 import argparse
@@ -10,12 +15,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
         "train", help="train magma-tiny on LeRobot v3 datasets (grounding, trace, action objectives)",
         description="Train a Magma model from a YAML/JSON config (see configs/train_tiny.yaml). The checkpoint "
         "folder OUT/checkpoint is also a policy: `magma eval --policy OUT/checkpoint`. Progress on stderr; "
-        "metrics in OUT/metrics.csv.")
+        "metrics in OUT/metrics.csv. Under torchrun the processes share each batch (DDP, or FSDP with "
+        "distributed: {strategy: fsdp}); see docs/training_scale_out.md.")
     parser.add_argument("--config", required=True, metavar="CONFIG", help="training config (.yaml, .yml or .json)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in OUT/checkpoint")
     parser.add_argument("--out", default=None, help="override the config's output folder")
     parser.add_argument("--steps", type=int, default=None, help="override the number of optimizer steps")
-    parser.add_argument("--batch-size", type=int, default=None, help="override the batch size")
+    parser.add_argument("--batch-size", type=int, default=None,
+                        help="override the batch size (the global micro-batch, split over torchrun's processes)")
     parser.add_argument("--lr", type=float, default=None, help="override the peak learning rate")
     parser.add_argument("--seed", type=int, default=None, help="override the seed")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="override the device")
@@ -29,6 +36,7 @@ def run(args: argparse.Namespace) -> int:
 
     from magma_core.errors import InvalidInputError
     from magma_core.training.config import load_config
+    from magma_core.training.distributed import session
     from magma_core.training.trainer import Trainer
 
     if args.threads is not None:
@@ -37,17 +45,22 @@ def run(args: argparse.Namespace) -> int:
         torch.set_num_threads(args.threads)
     config = load_config(args.config, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, device=args.device)
-    trainer = Trainer(config, resume=args.resume)
-    started = trainer.step
-    result = trainer.train()
-    summary = dict(result.to_dict(), started_at_step=started, out=config.out)
+    # A single process (no torchrun) gets a context without any process group.
+    with session(config.device) as context:
+        trainer = Trainer(config, resume=args.resume, context=context)
+        started = trainer.step
+        result = trainer.train()
+    if not context.is_main:
+        return 0
+    summary = dict(result.to_dict(), started_at_step=started, out=config.out, processes=context.world_size)
     summary["losses"] = [round(x, 5) for x in result.losses]
     if args.json:
         print(json.dumps(summary, indent=1))
     else:
         first, last = summary["first_loss"], summary["last_loss"]
         loss = f"loss {first:.3f} -> {last:.3f}" if first is not None else "no steps run (already at the last step)"
-        print(f"trained steps {started} -> {result.step} of {config.steps} in {result.seconds:.1f} s "
+        where = f" on {context.world_size} processes" if context.is_distributed else ""
+        print(f"trained steps {started} -> {result.step} of {config.steps}{where} in {result.seconds:.1f} s "
               f"({result.examples_per_second:.1f} examples/s); {loss}")
         print(f"checkpoint: {result.checkpoint}  (policy: magma eval --policy {result.checkpoint})")
         print(f"metrics: {config.out}/metrics.csv")

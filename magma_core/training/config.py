@@ -11,7 +11,12 @@ from typing import Any
 from magma_core.errors import InvalidInputError
 
 OBJECTIVES = ("grounding", "trace", "action")
-MODEL_PRESETS = ("magma_tiny",)
+MODEL_PRESETS = ("magma_tiny", "magma_8b")  # magma_8b only starts from a local checkpoint (init_from)
+STRATEGIES = ("ddp", "fsdp")
+# The decoder's projections LoRA may adapt (Llama names); the vision tower is trained fully or not at all.
+LORA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+LORA_SAVES = ("merged", "adapter")
+WEIGHT_DTYPES = ("float32", "bfloat16")
 
 
 @dataclass(frozen=True)
@@ -21,6 +26,38 @@ class DatasetSpec:
     path: str
     weight: float = 1.0
     stride: int = 1  # use every stride-th frame
+
+
+@dataclass(frozen=True)
+class DistributedSpec:
+    """How a run started by torchrun spreads over its processes; a single process ignores it.
+
+    strategy: "ddp" keeps the whole model on every rank and averages gradients; "fsdp" shards
+    parameters, gradients and optimizer state (one unit per Llama decoder layer and ConvNeXt stage).
+    """
+
+    strategy: str = "ddp"
+
+
+@dataclass(frozen=True)
+class LoraSpec:
+    """LoRA on the decoder's projections (via peft); the base weights stay frozen.
+
+    r, alpha, dropout: the adapters' rank, scale numerator (scale = alpha / r) and input dropout.
+    target_modules:    which of LORA_TARGETS get adapters, in every decoder layer.
+    train_vision:      also train the vision tower and projector fully (float32); false freezes them.
+    base_dtype:        dtype of the frozen weights: "bfloat16" halves their memory (adapters stay float32).
+    save:              "merged": the checkpoint holds the merged model (a ready policy) and the adapter;
+                       "adapter": the adapter only (small), to be loaded onto init_from.
+    """
+
+    r: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] = LORA_TARGETS
+    train_vision: bool = False
+    base_dtype: str = "float32"
+    save: str = "merged"
 
 
 @dataclass(frozen=True)
@@ -54,6 +91,12 @@ class TrainConfig:
     # them, as the policy does at run time; "ground_truth": marks at the ground-truth trace starts only.
     marks: str = "ground_truth"
     inference_marks: int = 1  # traces the saved policy writes at run time (the gripper's first; 1 = gripper only)
+    # A local checkpoint folder to start from (this project's, or a copy of microsoft/Magma-8B); then `model`
+    # and model_overrides build nothing: the checkpoint's own config decides the shapes.
+    init_from: str | None = None
+    distributed: DistributedSpec = field(default_factory=DistributedSpec)  # used only under torchrun
+    lora: LoraSpec | None = None  # None: train every weight
+    gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     # Depth bins of 2.5D traces and described marks: DepthBinning fields (near, far metres; n_bins; spacing).
     depth_binning: dict = field(default_factory=dict)
 
@@ -75,6 +118,7 @@ class TrainConfig:
             raise InvalidInputError(f"model must be one of {MODEL_PRESETS}, got {self.model!r}")
         if not isinstance(self.model_overrides, dict):
             raise InvalidInputError("model_overrides must be a mapping")
+        self._check_scale_out()
         for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "trace_steps", "trace_stride", "object_id_range"):
             _check_int(name, getattr(self, name), minimum=1)
         for name in ("warmup_steps", "max_shift_px", "seed"):
@@ -105,6 +149,21 @@ class TrainConfig:
         if unknown:
             raise InvalidInputError(f"unknown depth_binning key(s) {sorted(unknown)}; known: near, far, n_bins, spacing")
         return DepthBinning(**self.depth_binning)
+
+    def _check_scale_out(self) -> None:
+        if self.init_from is not None:
+            if not isinstance(self.init_from, str) or not self.init_from:
+                raise InvalidInputError(f"init_from must be a checkpoint folder path, got {self.init_from!r}")
+            if self.model_overrides:
+                raise InvalidInputError("model_overrides cannot change a model loaded from init_from; remove one of them")
+        elif self.model == "magma_8b":
+            raise InvalidInputError("model magma_8b starts from a local checkpoint: set init_from to a copy of Magma-8B")
+        object.__setattr__(self, "distributed", _distributed_spec(self.distributed))
+        object.__setattr__(self, "lora", _lora_spec(self.lora))
+        if self.lora is not None and self.init_from is None:
+            raise InvalidInputError("lora adapts a trained model: set init_from to the base checkpoint folder")
+        if not isinstance(self.gradient_checkpointing, bool):
+            raise InvalidInputError(f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
 
     @property
     def objective_weights(self) -> dict[str, float]:
@@ -155,6 +214,8 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
     datasets = data.get("datasets")
     if isinstance(datasets, list):
         data["datasets"] = [_relative_to(entry, path.parent) for entry in datasets]
+    if isinstance(data.get("init_from"), str) and data["init_from"] and not Path(data["init_from"]).is_absolute():
+        data["init_from"] = str(path.parent / data["init_from"])  # an input, like the datasets
     data.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(data)
 
@@ -184,6 +245,57 @@ def _dataset_spec(value: Any, index: int) -> DatasetSpec:
     _check_number(f"datasets[{index}].weight", spec.weight, minimum=0.0, strict=True)
     _check_int(f"datasets[{index}].stride", spec.stride, minimum=1)
     return spec
+
+
+def _distributed_spec(value: Any) -> DistributedSpec:
+    if isinstance(value, DistributedSpec):
+        spec = value
+    elif value is None:
+        spec = DistributedSpec()
+    elif isinstance(value, dict):
+        unknown = sorted(set(value) - {f.name for f in dataclasses.fields(DistributedSpec)})
+        if unknown:
+            raise InvalidInputError(f"unknown distributed key(s) {unknown}; known: strategy")
+        spec = DistributedSpec(**value)
+    else:
+        raise InvalidInputError(f"distributed must be a mapping such as {{strategy: ddp}}, got {type(value).__name__}")
+    if spec.strategy not in STRATEGIES:
+        raise InvalidInputError(f"distributed.strategy must be one of {STRATEGIES}, got {spec.strategy!r}")
+    return spec
+
+
+def _lora_spec(value: Any) -> LoraSpec | None:
+    if value is None or value is False:
+        return None
+    if value is True:
+        value = {}
+    if isinstance(value, LoraSpec):
+        value = dataclasses.asdict(value)
+    if not isinstance(value, dict):
+        raise InvalidInputError(f"lora must be a mapping such as {{r: 16, alpha: 32}} or null, got {type(value).__name__}")
+    known = [f.name for f in dataclasses.fields(LoraSpec)]
+    unknown = sorted(set(value) - set(known))
+    if unknown:
+        raise InvalidInputError(f"unknown lora key(s) {unknown}; known: {known}")
+    spec = LoraSpec(**value)
+    _check_int("lora.r", spec.r, minimum=1)
+    _check_number("lora.alpha", spec.alpha, minimum=0.0, strict=True)
+    _check_number("lora.dropout", spec.dropout, minimum=0.0, maximum=0.9)
+    targets = spec.target_modules
+    if isinstance(targets, str) or not isinstance(targets, (list, tuple)) or not targets:
+        raise InvalidInputError(f"lora.target_modules must be a non-empty list drawn from {LORA_TARGETS}, got {targets!r}")
+    bad = [t for t in targets if t not in LORA_TARGETS]
+    if bad:
+        raise InvalidInputError(f"lora.target_modules {bad} are not decoder projections; choose from {LORA_TARGETS}")
+    if not isinstance(spec.train_vision, bool):
+        raise InvalidInputError(f"lora.train_vision must be true or false, got {spec.train_vision!r}")
+    if spec.base_dtype not in WEIGHT_DTYPES:
+        raise InvalidInputError(f"lora.base_dtype must be one of {WEIGHT_DTYPES}, got {spec.base_dtype!r}")
+    if spec.save not in LORA_SAVES:
+        raise InvalidInputError(f"lora.save must be one of {LORA_SAVES}, got {spec.save!r}")
+    # Sorted and deduplicated: the same set of targets is the same config (and the same adapter).
+    return dataclasses.replace(spec, alpha=float(spec.alpha), dropout=float(spec.dropout),
+                               target_modules=tuple(t for t in LORA_TARGETS if t in targets))
 
 
 def _check_int(name: str, value: Any, minimum: int) -> None:

@@ -12,9 +12,17 @@ A checkpoint is a folder (``<out>/checkpoint``) that is at once a model, a proce
 
 The learning rate is a pure function of the step and the data stream a pure function of the
 example index (see `mixture`), so a resumed run continues exactly where it stopped.
+
+Scale-out (see docs/training_scale_out.md): under torchrun every process runs this same code on
+its slice of each global batch (`distributed`), wrapped in DDP or sharded with FSDP; rank 0 alone
+writes. ``init_from`` starts from a local checkpoint (e.g. Magma-8B). With ``lora`` the model is a
+peft model over that base (`lora`): the checkpoint holds the adapter (``adapter_model.safetensors``)
+and, with ``save: merged``, the merged model too; a resume reloads the base from init_from and the
+adapter from the checkpoint.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import functools
 import json
@@ -28,7 +36,10 @@ from pathlib import Path
 import torch
 
 from magma_core.errors import InvalidInputError
+from magma_core.training import distributed
 from magma_core.training.config import TrainConfig
+from magma_core.training.distributed import DistributedContext
+from magma_core.training.lora import base_model
 from magma_core.training.mixture import TrainingMixture
 
 CHECKPOINT_DIR = "checkpoint"
@@ -37,6 +48,7 @@ OPTIMIZER_FILE = "optimizer.safetensors"
 METRICS_FILE = "metrics.csv"
 METRICS_COLUMNS = ("step", "loss", "lr", "grad_norm", "examples", "seconds")
 STATE_VERSION = 1
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
 
 def learning_rate(step: int, config: TrainConfig) -> float:
@@ -66,24 +78,33 @@ class TrainResult:
 
 
 class Trainer:
-    """Builds (or, with `resume`, reloads) the model, processor, mixture and optimizer for a TrainConfig."""
+    """Builds (or, with `resume`, reloads) the model, processor, mixture and optimizer for a TrainConfig.
 
-    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True) -> None:
+    `context` is this process's place in a multi-process run (`distributed.session`); by default it
+    is read from torchrun's environment, and a plain process trains alone. `model` is the module
+    that trains (the model itself in a single process), `core` the same model without a DDP wrapper.
+    """
+
+    def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True,
+                 context: DistributedContext | None = None) -> None:
         if not isinstance(config, TrainConfig):
             raise InvalidInputError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config = config
-        self.progress = progress
+        self.context = context if context is not None else distributed.setup(config.device)
+        self.is_main = self.context.is_main
+        self.progress = progress and self.is_main
         self.out = Path(config.out)
         self.checkpoint_dir = self.out / CHECKPOINT_DIR
-        self.device = _device(config.device)
+        self.device = self.context.device
         self.step = 0
+        self.context.shard(config.batch_size)  # a global batch that cannot split over the ranks fails now
         torch.manual_seed(config.seed)
         if resume:
-            self._load_model(self.checkpoint_dir)
-        else:
-            if (self.checkpoint_dir / STATE_FILE).exists():
-                raise InvalidInputError(f"{self.checkpoint_dir} already holds a run; pass --resume to continue it or choose another --out")
-            self._new_model()
+            if not (self.checkpoint_dir / STATE_FILE).is_file():
+                raise InvalidInputError(f"nothing to resume: {self.checkpoint_dir / STATE_FILE} not found")
+        elif (self.checkpoint_dir / STATE_FILE).exists():
+            raise InvalidInputError(f"{self.checkpoint_dir} already holds a run; pass --resume to continue it or choose another --out")
+        self._build_model(resume)
         self.mixture = TrainingMixture.from_config(config, self.processor.vocab_size)
         self.optimizer = _adamw(self.model, config)
         if resume:
@@ -91,7 +112,40 @@ class Trainer:
 
     # ------------------------------------------------------------------ building
 
-    def _new_model(self) -> None:
+    def _build_model(self, resume: bool) -> None:
+        from magma_core.model import MagmaProcessor
+
+        cfg = self.config
+        if resume and cfg.lora is None:
+            weights, dtype = self.checkpoint_dir, None  # the checkpoint's own dtype: float32 as written
+        elif cfg.init_from is not None:
+            weights = Path(cfg.init_from)
+            dtype = _DTYPES[cfg.lora.base_dtype] if cfg.lora is not None else torch.float32
+        else:
+            weights = dtype = None
+        pending: dict | None = None  # rank 0's state for ranks built empty (FSDP)
+        if weights is None:
+            model, self.processor = self._new_model()
+        else:
+            self.processor = MagmaProcessor.from_pretrained(self.checkpoint_dir if resume else weights)
+            model, pending = self._load_model(weights, dtype)
+            self.processor.check_model_config(model.config)
+        if cfg.lora is not None:
+            from magma_core.training import lora
+
+            model = lora.apply_lora(model, cfg.lora, base_path=cfg.init_from)
+            if resume and not _is_meta(model):
+                lora.load_adapter_weights(model, self.checkpoint_dir)
+            if pending is not None and self.is_main:
+                pending = model.state_dict()
+        if cfg.gradient_checkpointing:
+            base_model(model).activation_checkpointing_enable({"use_reentrant": False})
+        self.core = model
+        self.model = distributed.wrap_model(model, cfg.distributed.strategy, self.context)
+        if pending is not None:
+            distributed.load_sharded_from_rank0(self.model, pending, self.context)
+
+    def _new_model(self):
         from magma_core.model import MagmaConfig, MagmaForConditionalGeneration, MagmaProcessor
 
         overrides = dict(self.config.model_overrides)
@@ -99,30 +153,56 @@ class Trainer:
             model_config = MagmaConfig.magma_tiny(**overrides)
         except TypeError as exc:
             raise InvalidInputError(f"bad model_overrides {overrides}: {exc}") from exc
-        self.model = MagmaForConditionalGeneration(model_config).to(self.device)
-        self.processor = MagmaProcessor.for_config(_tiny_tokenizer(), model_config)
+        model = MagmaForConditionalGeneration(model_config).to(self.device)
+        return model, MagmaProcessor.for_config(_tiny_tokenizer(), model_config)
 
-    def _load_model(self, directory: Path) -> None:
-        from magma_core.model import MagmaForConditionalGeneration, MagmaProcessor
+    def _load_model(self, directory: Path, dtype: torch.dtype | None):
+        """The model of a checkpoint folder and, for FSDP over several ranks, the state rank 0 read
+        (the other ranks build it empty and receive their shards after sharding)."""
+        from magma_core.model import MagmaForConditionalGeneration
 
-        if not (directory / STATE_FILE).is_file():
-            raise InvalidInputError(f"nothing to resume: {directory / STATE_FILE} not found")
-        self.model = MagmaForConditionalGeneration.from_pretrained(directory, device=self.device)
-        self.processor = MagmaProcessor.from_pretrained(directory)
-        self.processor.check_model_config(self.model.config)
+        if not (self.context.is_distributed and self.config.distributed.strategy == "fsdp"):
+            return MagmaForConditionalGeneration.from_pretrained(directory, dtype=dtype, device=self.device), None
+        dtype = dtype or torch.float32  # every rank must build the same dtypes
+        model = distributed.build_on_rank0(
+            lambda: MagmaForConditionalGeneration.from_pretrained(directory, dtype=dtype, device="cpu"),
+            lambda: MagmaForConditionalGeneration(_checkpoint_config(directory)).to(dtype),
+            self.context)
+        return model, (model.state_dict() if self.is_main else {})
 
     # ------------------------------------------------------------------ training
 
     def batch(self, step: int, micro: int) -> dict:
-        """The tensors of micro-batch `micro` of optimizer step `step` (a pure function of the two)."""
+        """This rank's slice of micro-batch `micro` of optimizer step `step` (a pure function of the three;
+        the whole micro-batch in a single process)."""
         cfg = self.config
         first = (step * cfg.grad_accum + micro) * cfg.batch_size
+        offset, count = self.context.shard(cfg.batch_size)
         examples = []
-        for index in range(first, first + cfg.batch_size):
+        for index in range(first + offset, first + offset + count):
             item = self.mixture.item(index)
             examples.append(self.processor.build_example(item.image, item.prompt, answer=item.answer, answer_ids=item.answer_ids))
         batch = self.processor.collate(examples, padding_side="right")
         return {k: v.to(self.device) for k, v in batch.items()}
+
+    def _micro_loss(self, batch: dict) -> torch.Tensor:
+        """The loss to back-propagate for one micro-batch (already divided by grad_accum)."""
+        if not self.context.is_distributed:
+            with _autocast(self.device):
+                return self.model(**batch).loss / self.config.grad_accum
+        # Each rank's loss is a mean over its own answer tokens; weighting it by the rank's share of
+        # the global tokens (times world_size, as the gradient all-reduce averages) makes the summed
+        # gradient that of the mean over the whole micro-batch, as in a single process.
+        local = distributed.answer_token_count(batch["labels"], base_model(self.core).config.ignore_index)
+        total = self.context.all_reduce_sum(local)
+        with _autocast(self.device):
+            loss = self.model(**batch).loss
+        return loss * (local * self.context.world_size / total) / self.config.grad_accum
+
+    def _gradient_sync(self, last_micro: bool):
+        if not self.context.is_distributed:
+            return contextlib.nullcontext()
+        return distributed.gradient_sync(self.model, last_micro)
 
     def train(self, until: int | None = None) -> TrainResult:
         """Run optimizer steps up to `until` (default: config.steps), checkpointing every save_every and at the end."""
@@ -130,8 +210,10 @@ class Trainer:
         end = cfg.steps if until is None else min(int(until), cfg.steps)
         result = TrainResult(self.step)
         start_time = time.perf_counter()
-        self.out.mkdir(parents=True, exist_ok=True)
-        metrics = _MetricsLog(self.out / METRICS_FILE)
+        metrics = None
+        if self.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            metrics = _MetricsLog(self.out / METRICS_FILE)
         bar = _progress(self.step, end, self.progress)
         window: list[float] = []
         self.model.train()
@@ -143,13 +225,16 @@ class Trainer:
                 total = 0.0
                 for micro in range(cfg.grad_accum):
                     batch = self.batch(self.step, micro)
-                    with _autocast(self.device):
-                        loss = self.model(**batch).loss / cfg.grad_accum
-                    loss.backward()
+                    with self._gradient_sync(micro == cfg.grad_accum - 1):
+                        loss = self._micro_loss(batch)
+                        loss.backward()
                     total += float(loss.detach())
+                if self.context.is_distributed:
+                    total = self.context.all_reduce_sum(total) / self.context.world_size  # the global mean
                 if not math.isfinite(total):
                     raise InvalidInputError(f"loss became {total} at step {self.step}; lower lr or check the data")
-                grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm))
+                grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.max_grad_norm)
+                grad_norm = float(distributed.full_tensor(grad_norm))
                 self.optimizer.step()
                 self.optimizer.zero_grad(set_to_none=True)
                 self.step += 1
@@ -159,7 +244,9 @@ class Trainer:
                     bar.update(1)
                 if self.step % cfg.log_every == 0 or self.step == end:
                     mean = sum(window) / len(window)
-                    metrics.write(self.step, mean, lr, grad_norm, self.step * cfg.batch_size * cfg.grad_accum, time.perf_counter() - start_time)
+                    if metrics is not None:
+                        metrics.write(self.step, mean, lr, grad_norm, self.step * cfg.batch_size * cfg.grad_accum,
+                                      time.perf_counter() - start_time)
                     if bar is not None:
                         bar.set_postfix(loss=f"{mean:.3f}", lr=f"{lr:.2e}")
                     window = []
@@ -168,7 +255,8 @@ class Trainer:
         finally:
             if bar is not None:
                 bar.close()
-            metrics.close()
+            if metrics is not None:
+                metrics.close()
         result.step = self.step
         result.checkpoint = str(self.checkpoint_dir)
         result.seconds = time.perf_counter() - start_time
@@ -179,46 +267,77 @@ class Trainer:
     # ------------------------------------------------------------------ checkpoints
 
     def save(self) -> Path:
-        """Write the checkpoint folder (atomically replacing the previous one) and return its path."""
+        """Write the checkpoint folder (atomically replacing the previous one) and return its path.
+
+        Every rank must call it (FSDP gathers the shards); rank 0 writes, then all meet at a barrier.
+        """
         from safetensors.torch import save_file
 
         from magma_core.training.policy import write_policy_files
 
-        tmp = self.out / (CHECKPOINT_DIR + ".tmp")
-        if tmp.exists():
-            shutil.rmtree(tmp)
-        self.model.save_pretrained(tmp)
-        self.processor.save_pretrained(tmp)
-        stats = next((s.action_stats for s in self.mixture.sources if s.action_stats is not None), None)
-        write_policy_files(tmp, self.config, stats, self.mixture.depth_binning)
-        save_file(self._optimizer_tensors(), str(tmp / OPTIMIZER_FILE))
-        state = {"format_version": STATE_VERSION, "step": self.step, "config": self.config.to_dict(),
-                 "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]}
-        (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, default=_json_default) + "\n")
-        old = self.out / (CHECKPOINT_DIR + ".old")
-        if self.checkpoint_dir.exists():
+        sharded = self.context.is_distributed and distributed.is_fsdp(self.model)
+        gathered = distributed.full_state_dict(self.model, self.context) if sharded else None
+        optimizer_tensors = self._optimizer_tensors()
+        if self.is_main:
+            tmp = self.out / (CHECKPOINT_DIR + ".tmp")
+            if tmp.exists():
+                shutil.rmtree(tmp)
+            self._save_weights(tmp, gathered)
+            self.processor.save_pretrained(tmp)
+            stats = next((s.action_stats for s in self.mixture.sources if s.action_stats is not None), None)
+            write_policy_files(tmp, self.config, stats, self.mixture.depth_binning)
+            save_file(optimizer_tensors, str(tmp / OPTIMIZER_FILE))
+            state = {"format_version": STATE_VERSION, "step": self.step, "config": self.config.to_dict(),
+                     "param_groups": [{k: v for k, v in g.items() if k != "params"} for g in self.optimizer.param_groups]}
+            (tmp / STATE_FILE).write_text(json.dumps(state, indent=2, default=_json_default) + "\n")
+            old = self.out / (CHECKPOINT_DIR + ".old")
+            if self.checkpoint_dir.exists():
+                if old.exists():
+                    shutil.rmtree(old)
+                self.checkpoint_dir.rename(old)
+            tmp.rename(self.checkpoint_dir)
             if old.exists():
                 shutil.rmtree(old)
-            self.checkpoint_dir.rename(old)
-        tmp.rename(self.checkpoint_dir)
-        if old.exists():
-            shutil.rmtree(old)
+        self.context.barrier()
         return self.checkpoint_dir
 
+    def _save_weights(self, directory: Path, gathered: dict | None) -> None:
+        lora_spec = self.config.lora
+        if lora_spec is not None:
+            from magma_core.training import lora
+
+            lora.save_adapter(self.core, directory, gathered)
+            if lora_spec.save == "merged":
+                lora.save_merged(self.core, directory, gathered)
+        elif gathered is not None:
+            self.core.save_pretrained(directory, state_dict=gathered)
+        else:
+            self.core.save_pretrained(directory)
+
     def _optimizer_tensors(self) -> dict[str, torch.Tensor]:
-        names = {id(p): n for n, p in self.model.named_parameters()}
+        """AdamW state keyed by parameter name, whole (FSDP shards gathered: every rank must call), and the
+        RNG states; filled on rank 0 only."""
         tensors = {}
-        for param, state in self.optimizer.state.items():
-            for key, value in state.items():
-                tensors[f"state/{names[id(param)]}/{key}"] = torch.as_tensor(value).detach().to("cpu").contiguous()
+        for name, param in self.core.named_parameters():
+            for key, value in self.optimizer.state.get(param, {}).items():
+                value = torch.as_tensor(distributed.full_tensor(value))
+                if self.is_main:
+                    tensors[f"state/{name}/{key}"] = value.detach().to("cpu").contiguous()
+        cuda = self.device.type == "cuda"
+        if self.context.is_distributed:
+            # Each rank's own generator state (dropout draws differ per rank), for an exact resume.
+            for rank, rng in enumerate(self.context.all_gather(torch.get_rng_state())):
+                tensors[f"rng/rank{rank}/cpu"] = rng
+            if cuda:
+                for rank, rng in enumerate(self.context.all_gather(torch.cuda.get_rng_state(self.device))):
+                    tensors[f"rng/rank{rank}/cuda"] = rng
         tensors["rng/cpu"] = torch.get_rng_state()
-        if self.device.type == "cuda":
+        if cuda:
             tensors["rng/cuda"] = torch.cuda.get_rng_state(self.device)
-        return tensors
+        return tensors if self.is_main else {}
 
     def _load_state(self, directory: Path) -> None:
-        from safetensors import SafetensorError
-        from safetensors.torch import load_file
+        from safetensors import SafetensorError, safe_open
 
         from magma_core.model.safe_loading import _refuse_pickle as refuse_pickle
 
@@ -230,28 +349,36 @@ class Trainer:
             raise InvalidInputError(f"{directory / STATE_FILE} has no step")
         if state.get("format_version", STATE_VERSION) > STATE_VERSION:
             raise InvalidInputError(f"{directory / STATE_FILE} was written by a newer version")
-        if not (directory / OPTIMIZER_FILE).is_file():
-            raise InvalidInputError(f"cannot resume: {directory / OPTIMIZER_FILE} is missing")
-        refuse_pickle(directory / OPTIMIZER_FILE)
+        path = directory / OPTIMIZER_FILE
+        if not path.is_file():
+            raise InvalidInputError(f"cannot resume: {path} is missing")
+        refuse_pickle(path)
+        params = dict(self.core.named_parameters())
+        # Read one tensor at a time (memory-mapped): an 8B run's moments need not sit in memory twice.
         try:
-            tensors = load_file(str(directory / OPTIMIZER_FILE))
+            handle = safe_open(str(path), framework="pt", device="cpu")
         except (SafetensorError, OSError) as exc:
-            raise InvalidInputError(f"cannot read {directory / OPTIMIZER_FILE} as safetensors: {exc}") from exc
-        params = dict(self.model.named_parameters())
-        for key, value in tensors.items():
-            kind, _, rest = key.partition("/")
-            if kind != "state":
-                continue
-            name, _, field_name = rest.rpartition("/")
-            if name not in params:
-                raise InvalidInputError(f"{OPTIMIZER_FILE} holds state for unknown parameter {name!r}")
-            param = params[name]
-            value = value if field_name == "step" else value.to(param.device, param.dtype)
-            self.optimizer.state[param][field_name] = value
-        if "rng/cpu" in tensors:
-            torch.set_rng_state(tensors["rng/cpu"])
-        if "rng/cuda" in tensors and self.device.type == "cuda":
-            torch.cuda.set_rng_state(tensors["rng/cuda"], self.device)
+            raise InvalidInputError(f"cannot read {path} as safetensors: {exc}") from exc
+        with handle:
+            keys = set(handle.keys())
+            for key in sorted(keys):
+                kind, _, rest = key.partition("/")
+                if kind != "state":
+                    continue
+                name, _, field_name = rest.rpartition("/")
+                if name not in params:
+                    raise InvalidInputError(f"{OPTIMIZER_FILE} holds state for unknown parameter {name!r}")
+                param = params[name]
+                value = handle.get_tensor(key)
+                value = value if field_name == "step" else distributed.shard_like(value.to(param.dtype), param)
+                self.optimizer.state[param][field_name] = value
+            own = f"rng/rank{self.context.rank}"
+            cpu_key = f"{own}/cpu" if self.context.is_distributed and f"{own}/cpu" in keys else "rng/cpu"
+            cuda_key = f"{own}/cuda" if self.context.is_distributed and f"{own}/cuda" in keys else "rng/cuda"
+            if cpu_key in keys:
+                torch.set_rng_state(handle.get_tensor(cpu_key))
+            if cuda_key in keys and self.device.type == "cuda":
+                torch.cuda.set_rng_state(handle.get_tensor(cuda_key), self.device)
         self.step = state["step"]
 
 
@@ -303,6 +430,24 @@ def _tiny_tokenizer():
     return train_tiny_tokenizer()
 
 
+def _checkpoint_config(directory: Path):
+    """The MagmaConfig a checkpoint folder describes (this project's or an official Magma-8B copy)."""
+    from magma_core.model import MagmaConfig
+    from magma_core.model.checkpoint_mapping import is_official_config, official_config_to_magma
+    from magma_core.model.safe_loading import CheckpointError, read_config
+
+    raw = read_config(directory)
+    if is_official_config(raw):
+        return official_config_to_magma(raw)
+    if raw.get("model_type") != "magma":
+        raise CheckpointError(f"{directory} has model_type {raw.get('model_type')!r}, expected 'magma'")
+    return MagmaConfig.from_dict(raw)
+
+
+def _is_meta(model) -> bool:
+    return any(p.is_meta for p in model.parameters())
+
+
 def _adamw(model, config: TrainConfig) -> torch.optim.AdamW:
     # Norm scales, biases and the row separator are vectors: decaying them only fights the loss.
     decay = [p for p in model.parameters() if p.requires_grad and p.ndim >= 2]
@@ -312,11 +457,7 @@ def _adamw(model, config: TrainConfig) -> torch.optim.AdamW:
 
 
 def _device(name: str) -> torch.device:
-    if name == "cuda" and not torch.cuda.is_available():
-        raise InvalidInputError("device 'cuda' was asked for but torch sees no CUDA device")
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    return distributed.resolve_device(name)
 
 
 def _autocast(device: torch.device):
