@@ -96,6 +96,8 @@ class TrainConfig:
     init_from: str | None = None
     distributed: DistributedSpec = field(default_factory=DistributedSpec)  # used only under torchrun
     lora: LoraSpec | None = None  # None: train every weight
+    # A new model starts its number tokens (0..255) as Fourier features of their value (model/number_init.py).
+    number_embeddings: bool = False
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     # Depth bins of 2.5D traces and described marks: DepthBinning fields (near, far metres; n_bins; spacing).
     depth_binning: dict = field(default_factory=dict)

@@ -154,6 +154,10 @@ class Trainer:
         except TypeError as exc:
             raise InvalidInputError(f"bad model_overrides {overrides}: {exc}") from exc
         model = MagmaForConditionalGeneration(model_config).to(self.device)
+        if self.config.number_embeddings:
+            from magma_core.model.number_init import init_number_embeddings
+
+            init_number_embeddings(model, _tiny_tokenizer())
         return model, MagmaProcessor.for_config(_tiny_tokenizer(), model_config)
 
     def _load_model(self, directory: Path, dtype: torch.dtype | None):
