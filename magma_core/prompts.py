@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from magma_core.codecs.action_tokenizer import ActionTokenizer
-from magma_core.codecs.trace_text import TRACE_END, TRACE_START, GridTrace, encode_marks, encode_traces
+from magma_core.codecs.trace_text import DEFAULT_N_DEPTH_BINS, TRACE_END, TRACE_START, GridTrace, encode_marks, encode_traces
 from magma_core.errors import InvalidInputError
 
 IMAGE_TOKEN = "<image>"
@@ -170,9 +170,7 @@ def trace_answer(grid_traces: Sequence[GridTrace], n_steps: int | None = None, n
         for gt in grid_traces:
             if gt.length != n_steps + 1:
                 raise InvalidInputError(f"mark {gt.mark_id} has {gt.length} steps; the prompt asks for now + {n_steps}")
-    if n_depth_bins is None:
-        return encode_traces(grid_traces, with_markers=True)
-    return encode_traces(grid_traces, with_markers=True, n_depth_bins=n_depth_bins)
+    return encode_traces(grid_traces, with_markers=True, n_depth_bins=n_depth_bins or DEFAULT_N_DEPTH_BINS)
 
 
 def action_prompt(instruction: str, variant: int = 0, templates: PromptTemplates = DEFAULT_TEMPLATES) -> str:

@@ -115,7 +115,7 @@ class ActionTokenConvention:
         """Normalised values (any shape) -> int64 ids of the same shape; values beyond [-1, 1] are clipped."""
         values = _finite_array(actions_normalised)
         if self.bin_rule == UNIFORM_BINS:
-            # Same expression as ActionTokenizer.encode, so the ids match it bit for bit.
+            # magma-tiny: n_bins equal bins over [-1, 1], lowest value first.
             slots = np.clip(np.floor((values + 1.0) / (2.0 / self.n_bins)), 0, self.n_bins - 1).astype(np.int64)
         else:
             # digitize gives 1..n_bins for values clipped to [-1, 1]; slot = digitized - 1.
@@ -137,7 +137,7 @@ class ActionTokenConvention:
         ids = ids.astype(np.int64)
         slots = self.end_id - 1 - ids if self.reversed else ids - self.first_id
         if self.bin_rule == UNIFORM_BINS:
-            return -1.0 + (slots + 0.5) * (2.0 / self.n_bins)  # ActionTokenizer.decode's expression
+            return -1.0 + (slots + 0.5) * (2.0 / self.n_bins)
         centres = (self._edges[:-1] + self._edges[1:]) / 2.0
         # n_bins slots but n_bins - 1 intervals: the top slot (only x == 1.0) shares the last centre.
         return centres[np.minimum(slots, self.n_bins - 2)]

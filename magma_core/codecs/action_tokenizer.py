@@ -90,15 +90,17 @@ class ActionNormStats:
 
 
 class ActionTokenizer:
-    """Actions (..., 7) <-> token ids (..., 7) in [vocab_size - n_bins, vocab_size).
+    """Actions (..., 7) <-> token ids (..., 7): normalised with the dataset's stats, then binned by a convention.
 
-    The action ids overlay the last `n_bins` ids of the text vocabulary (as in OpenVLA and
-    Magma); the model's tokenizer should keep rarely used or reserved tokens there.
+    The default convention is magma-tiny's: the action ids overlay the last `n_bins` ids of the text
+    vocabulary, in order (as in OpenVLA and Magma, the model's tokenizer keeps rarely used or reserved
+    tokens there). `convention` (`action_conventions.ActionTokenConvention`) selects another model's
+    layout, e.g. Magma-8B's reversed ids below Llama-3's special tokens.
     """
 
     def __init__(self, vocab_size: int, stats: ActionNormStats, n_bins: int = DEFAULT_N_BINS, convention=None):
-        """`convention`: an `action_conventions.ActionTokenConvention` for another model's id layout (Magma-8B
-        writes OpenVLA-style reversed ids below Llama-3's special tokens); None keeps magma-tiny's."""
+        from magma_core.codecs.action_conventions import magma_tiny_convention
+
         if not isinstance(n_bins, (int, np.integer)) or n_bins < 2:
             raise InvalidInputError(f"n_bins must be an integer >= 2, got {n_bins!r}")
         if not isinstance(vocab_size, (int, np.integer)) or vocab_size <= n_bins:
@@ -110,17 +112,13 @@ class ActionTokenizer:
         self.vocab_size = int(vocab_size)
         self.n_bins = int(n_bins)
         self.stats = stats
-        self.convention = convention
-        self.first_id = self.vocab_size - self.n_bins if convention is None else int(convention.first_id)
-        self.bin_width = 2.0 / self.n_bins
+        self.convention = convention if convention is not None else magma_tiny_convention(self.vocab_size, self.n_bins)
+        self.first_id = int(self.convention.first_id)
+        self.bin_width = float(self.convention.bin_width)
 
     def encode(self, actions: np.ndarray) -> np.ndarray:
         """Actions (..., 7) -> int64 token ids (..., 7). NaN/inf actions are an error."""
-        normalized = self.stats.normalize(actions)
-        if self.convention is not None:
-            return self.convention.encode(normalized)
-        bins = np.clip(np.floor((normalized + 1.0) / self.bin_width), 0, self.n_bins - 1).astype(np.int64)
-        return bins + self.first_id
+        return self.convention.encode(self.stats.normalize(actions))
 
     def decode(self, ids: np.ndarray) -> np.ndarray:
         """Token ids (..., 7) -> actions (..., 7) at bin centres. Ids outside the action range are an error."""
@@ -129,31 +127,21 @@ class ActionTokenizer:
             raise InvalidInputError(f"action token ids must be integers, got dtype {ids.dtype}")
         if ids.ndim == 0 or ids.shape[-1] != ACTION_DIM:
             raise InvalidInputError(f"action token ids must have shape (..., {ACTION_DIM}), got {ids.shape}")
-        outside = ~self.is_action_token(ids)
+        outside = ~np.asarray(self.is_action_token(ids), dtype=bool)
         if outside.any():
-            first_bad = int(ids[outside].flat[0])
-            raise InvalidInputError(
-                f"{int(outside.sum())} id(s) are not action tokens (e.g. {first_bad}); action ids are [{self.first_id}, {self.vocab_size})"
-            )
-        if self.convention is not None:
-            return self.stats.unnormalize(self.convention.decode(ids))
-        bins = ids.astype(np.int64) - self.first_id
-        return self.stats.unnormalize(-1.0 + (bins + 0.5) * self.bin_width)
+            first, end = self.action_id_range
+            raise InvalidInputError(f"{int(outside.sum())} id(s) are not action tokens (e.g. {int(ids[outside].flat[0])}); "
+                                    f"action ids are [{first}, {end})")
+        return self.stats.unnormalize(self.convention.decode(ids))
 
     def is_action_token(self, ids) -> np.ndarray | bool:
         """True where an id lies in the action range; a scalar in, a bool out."""
-        if self.convention is not None:
-            return self.convention.is_action_token(ids)
-        ids = np.asarray(ids)
-        inside = (ids >= self.first_id) & (ids < self.vocab_size)
-        return bool(inside) if inside.ndim == 0 else inside
+        return self.convention.is_action_token(ids)
 
     @property
     def action_id_range(self) -> tuple[int, int]:
         """[first, end) of the action token ids."""
-        if self.convention is not None:
-            return tuple(int(v) for v in self.convention.id_range)
-        return self.first_id, self.vocab_size
+        return tuple(int(v) for v in self.convention.id_range)
 
 
 def _stat_array(value, name: str) -> np.ndarray:
