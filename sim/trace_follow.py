@@ -4,7 +4,10 @@ A policy in trace mode returns Trace-of-Mark traces in pixels of the current fra
 depth in metres and a gripper state per step). The follower picks the gripper's trace (the one
 named by ``gripper_mark``, else the one starting nearest the projected TCP), takes its point
 ``lookahead`` steps ahead, unprojects it with the observation's intrinsics/extrinsics and sends
-that point as the TCP target with the trace's gripper state. A 2D trace (no depth) is intersected
+that point as the TCP target. A gripper change on the trace is tied to its place: the follower
+aims at the first step whose gripper state differs, switches the gripper only once the TCP is
+within ``gripper_tolerance`` of it and then holds there ``settle_steps`` steps while the fingers
+move (as the ROS controller's WaypointFollower does). A 2D trace (no depth) is intersected
 with the horizontal plane through the current TCP. Traces carry no orientation, so the TCP keeps
 the orientation it had at the episode's first step unless the output names an ``orientation``.
 
@@ -103,15 +106,21 @@ def gripper_trace(traces: list[Trace], ee_uv: np.ndarray, gripper_mark: int | No
 class TraceFollower:
     """Turns one trace-mode output per step into a waypoint (8: xyz, quaternion xyzw, gripper)."""
 
-    def __init__(self, lookahead: int = 1) -> None:
+    def __init__(self, lookahead: int = 1, gripper_tolerance: float = 0.015, settle_steps: int = 3) -> None:
         if int(lookahead) != lookahead or lookahead < 1:
             raise InvalidInputError(f"lookahead must be a positive integer, got {lookahead!r}")
+        if not gripper_tolerance > 0 or int(settle_steps) != settle_steps or settle_steps < 0:
+            raise InvalidInputError(f"need gripper_tolerance > 0 and settle_steps >= 0, got {gripper_tolerance}, {settle_steps}")
         self.lookahead = int(lookahead)
+        self.gripper_tolerance = float(gripper_tolerance)
+        self.settle_steps = int(settle_steps)
         self.reset()
 
     def reset(self) -> None:
         self._hold_quat: np.ndarray | None = None
         self._grip = 0.0
+        self._settle_left = 0
+        self._settle_target: np.ndarray | None = None
 
     def waypoint(self, output: dict, obs: dict) -> np.ndarray:
         """The waypoint for `output` (a policy's dict with "trace") seen from `obs`."""
@@ -121,19 +130,44 @@ class TraceFollower:
             self._hold_quat = tcp[3:7].copy()
         traces = as_traces(output["trace"], output.get("trace_gripper"))
         chosen = gripper_trace(traces, project(tcp[:3], K, E), output.get("gripper_mark"))
-        k = min(self.lookahead, chosen.length - 1)
-        uv = chosen.points[k]
-        if not np.all(np.isfinite(uv)):
-            raise InvalidInputError(f"trace of mark {chosen.mark_id} has a non-finite point at step {k}")
-        if chosen.depth is not None:
-            depth = float(chosen.depth[k])
-            if not (np.isfinite(depth) and depth > 0):
-                raise InvalidInputError(f"trace of mark {chosen.mark_id} has invalid depth {depth} at step {k}")
-            target = unproject(np.array([uv[0], uv[1], depth]), K, E)
-        else:
-            target = ray_plane_point(uv, K, E, float(tcp[2]))
-        if chosen.gripper is not None and np.isfinite(chosen.gripper[k]):
-            self._grip = 1.0 if chosen.gripper[k] >= 0.5 else 0.0
         quat = output.get("orientation")
         quat = self._hold_quat if quat is None else np.asarray(quat, dtype=np.float64).reshape(4)
+        if self._settle_left > 0:
+            # The fingers are still closing (or opening) where the trace said: stay put until they have.
+            self._settle_left -= 1
+            return np.concatenate([self._settle_target, quat, [self._grip]])
+        k = min(self.lookahead, chosen.length - 1)
+        change = self._first_gripper_change(chosen, k)
+        if change is not None:
+            # A gripper event belongs to a place on the trace: go there, and switch only once the TCP is there
+            # (a trace sampled sparsely in time would otherwise close the hand before it reaches the object).
+            point = self._lift(chosen, change, K, E, tcp)
+            if np.linalg.norm(point - tcp[:3]) <= self.gripper_tolerance:
+                self._grip = 1.0 if chosen.gripper[change] >= 0.5 else 0.0
+                self._settle_left, self._settle_target = self.settle_steps, point
+            return np.concatenate([point, quat, [self._grip]])
+        target = self._lift(chosen, k, K, E, tcp)
         return np.concatenate([target, quat, [self._grip]])
+
+    def _first_gripper_change(self, trace: Trace, k: int) -> int | None:
+        """The first step in 1..k whose gripper state differs from the commanded one (None: no change)."""
+        if trace.gripper is None:
+            return None
+        for step in range(1, k + 1):
+            value = trace.gripper[step]
+            if np.isfinite(value) and (1.0 if value >= 0.5 else 0.0) != self._grip:
+                return step
+        return None
+
+    @staticmethod
+    def _lift(trace: Trace, k: int, K: np.ndarray, E: np.ndarray, tcp: np.ndarray) -> np.ndarray:
+        """Trace step `k` as a base-frame point (its depth, else the horizontal plane through the TCP)."""
+        uv = trace.points[k]
+        if not np.all(np.isfinite(uv)):
+            raise InvalidInputError(f"trace of mark {trace.mark_id} has a non-finite point at step {k}")
+        if trace.depth is not None:
+            depth = float(trace.depth[k])
+            if not (np.isfinite(depth) and depth > 0):
+                raise InvalidInputError(f"trace of mark {trace.mark_id} has invalid depth {depth} at step {k}")
+            return unproject(np.array([uv[0], uv[1], depth]), K, E)
+        return ray_plane_point(uv, K, E, float(tcp[2]))

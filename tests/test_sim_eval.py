@@ -56,14 +56,42 @@ def test_follower_picks_the_trace_starting_at_the_gripper_and_lifts_its_next_poi
     block = project(np.array([0.6, -0.1, 0.02]), K, E)
     trace = np.stack([np.stack([block, block]), np.stack([gripper_now, gripper_next])])  # gripper is mark 2
     obs = {"intrinsics": K, "extrinsics": E, "ee_pose": TCP}
-    follower = TraceFollower()
+    follower = TraceFollower(settle_steps=0)
     waypoint = follower.waypoint({"trace": trace, "trace_gripper": [0, 1]}, obs)
     np.testing.assert_allclose(waypoint[:3], target, atol=1e-9)
     np.testing.assert_allclose(waypoint[3:7], TCP[3:7])  # traces carry no orientation: it is held
-    assert waypoint[7] == 1.0
+    assert waypoint[7] == 0.0, "the hand closes where the trace closes it, not before it gets there"
+    there = {**obs, "ee_pose": np.concatenate([target, TCP[3:7]])}
+    assert follower.waypoint({"trace": trace, "trace_gripper": [0, 1]}, there)[7] == 1.0
     # A 2D trace (no depth) keeps the TCP's height: the ray meets the plane through the TCP.
     flat = follower.waypoint({"trace": trace[:, :, :2]}, obs)
     assert flat[2] == pytest.approx(TCP[2]) and flat[7] == 1.0  # gripper state kept from the last trace
+
+
+def test_follower_ties_gripper_events_to_their_place_on_a_sparse_trace():
+    """A trace sampled 5 steps apart closes the hand at its second point: the follower stops there (not at the
+    lookahead point beyond it), closes only once the TCP is there, then holds while the fingers close."""
+    grasp, lift = np.array([0.50, 0.10, 0.05]), np.array([0.50, 0.10, 0.25])
+    points = np.stack([project(p, K, E) for p in (TCP[:3], grasp, lift)])
+    output = {"trace": points[None], "trace_gripper": [0, 1, 1]}
+    follower = TraceFollower(lookahead=2, gripper_tolerance=0.01, settle_steps=2)
+    obs = {"intrinsics": K, "extrinsics": E, "ee_pose": TCP}
+    first = follower.waypoint(output, obs)
+    np.testing.assert_allclose(first[:3], grasp, atol=1e-9)
+    assert first[7] == 0.0
+    near = {**obs, "ee_pose": np.concatenate([grasp + [0.0, 0.0, 0.008], TCP[3:7]])}
+    closing = follower.waypoint(output, near)
+    np.testing.assert_allclose(closing[:3], grasp, atol=1e-9)
+    assert closing[7] == 1.0
+    # Settling: the hand stays at the grasp point for 2 steps whatever the trace says, then follows it.
+    later = {"trace": np.stack([project(p, K, E) for p in (grasp, lift, lift)])[None], "trace_gripper": [1, 1, 1]}
+    for _ in range(2):
+        np.testing.assert_allclose(follower.waypoint(later, near)[:3], grasp, atol=1e-9)
+    moved = follower.waypoint(later, near)
+    np.testing.assert_allclose(moved[:3], lift, atol=1e-9)
+    assert moved[7] == 1.0
+    with pytest.raises(InvalidInputError, match="gripper_tolerance"):
+        TraceFollower(gripper_tolerance=0.0)
 
 
 def test_trace_inputs_are_checked():

@@ -19,6 +19,9 @@ LORA_SAVES = ("merged", "adapter")
 WEIGHT_DTYPES = ("float32", "bfloat16")
 
 
+TRACE_ORDERS = ("gripper_first", "target_first")
+
+
 @dataclass(frozen=True)
 class DatasetSpec:
     """One LeRobot v3 dataset folder and its share of the mixture."""
@@ -91,6 +94,10 @@ class TrainConfig:
     # them, as the policy does at run time; "ground_truth": marks at the ground-truth trace starts only.
     marks: str = "ground_truth"
     inference_marks: int = 1  # traces the saved policy writes at run time (the gripper's first; 1 = gripper only)
+    # Order of the traces in a trace answer: "gripper_first" (the gripper, then the object) or "target_first"
+    # (the mark the gripper heads for, the object before the grasp and the place while holding it, then the
+    # gripper): the model names and copies its goal before it plans the hand's path to it.
+    trace_order: str = "gripper_first"
     # A local checkpoint folder to start from (this project's, or a copy of microsoft/Magma-8B); then `model`
     # and model_overrides build nothing: the checkpoint's own config decides the shapes.
     init_from: str | None = None
@@ -135,6 +142,11 @@ class TrainConfig:
         if self.marks not in ("proposed", "ground_truth"):
             raise InvalidInputError(f"marks must be 'proposed' or 'ground_truth', got {self.marks!r}")
         _check_int("inference_marks", self.inference_marks, minimum=1)
+        if self.trace_order not in TRACE_ORDERS:
+            raise InvalidInputError(f"trace_order must be one of {TRACE_ORDERS}, got {self.trace_order!r}")
+        if self.trace_order == "target_first" and self.inference_marks < 2:
+            raise InvalidInputError("trace_order target_first writes the target's trace before the gripper's: "
+                                    "set inference_marks to 2")
         self.make_depth_binning()
         if self.mode not in ("trace", "action"):
             raise InvalidInputError(f"mode must be 'trace' or 'action', got {self.mode!r}")

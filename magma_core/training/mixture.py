@@ -122,12 +122,12 @@ class TrainingMixture:
                 if item is not None:
                     return item
             return build_trace_proposed(sample, marks, self.config.trace_steps, self.config.trace_stride, self.depth_binning,
-                                        variant=int(rng.integers(len(DEFAULT_TEMPLATES.trace))))
+                                        variant=int(rng.integers(len(DEFAULT_TEMPLATES.trace))), order=self.config.trace_order)
         ids = mark_ids_for(sample, rng, self.config.object_id_range)
         if objective == "grounding":
             return build_grounding(sample, ids, variant=int(rng.integers(len(DEFAULT_TEMPLATES.grounding))))
         return build_trace(sample, ids, self.config.trace_steps, self.config.trace_stride, self.depth_binning,
-                           variant=int(rng.integers(len(DEFAULT_TEMPLATES.trace))))
+                           variant=int(rng.integers(len(DEFAULT_TEMPLATES.trace))), order=self.config.trace_order)
 
 
 def augment(sample: Sample, rng: np.random.Generator, color_jitter: float, max_shift_px: int) -> Sample:

@@ -50,6 +50,7 @@ def write_policy_files(directory: str | os.PathLike, config, action_stats: Actio
         "action_stats": action_stats.to_dict() if action_stats is not None else None,
         "marks": config.marks,
         "inference_marks": config.inference_marks,
+        "trace_order": config.trace_order,
     }
     (directory / POLICY_CONFIG_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
@@ -59,7 +60,8 @@ class MagmaPolicy:
 
     def __init__(self, model, processor, mode: str = "trace", trace_steps: int = 4, trace_stride: int = 1,
                  depth_binning: DepthBinning = DepthBinning(), action_stats: ActionNormStats | None = None,
-                 proposal: ProposalConfig = ProposalConfig(), max_marks: int = 2, marks: str = "ground_truth") -> None:
+                 proposal: ProposalConfig = ProposalConfig(), max_marks: int = 2, marks: str = "ground_truth",
+                 trace_order: str = "gripper_first") -> None:
         if mode not in MODES:
             raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(trace_steps, bool) or not isinstance(trace_steps, int) or trace_steps < 1:
@@ -78,6 +80,12 @@ class MagmaPolicy:
             raise InvalidInputError(f"marks must be 'proposed' or 'ground_truth', got {marks!r}")
         # How the checkpoint was taught to read marks: described run-time proposals or bare (id, cell) pairs.
         self.marks_format = marks
+        if trace_order not in ("gripper_first", "target_first"):
+            raise InvalidInputError(f"trace_order must be 'gripper_first' or 'target_first', got {trace_order!r}")
+        if trace_order == "target_first" and self.max_marks < 2:
+            raise InvalidInputError("a target_first checkpoint writes its target's trace before the gripper's: max_marks must be >= 2")
+        # target_first: the model names and traces the mark it heads for, then the gripper's path to it.
+        self.trace_order = trace_order
         self.action_tokenizer = ActionTokenizer(processor.vocab_size, action_stats) if action_stats is not None else None
 
     @classmethod
@@ -111,6 +119,7 @@ class MagmaPolicy:
                 action_stats=ActionNormStats.from_dict(stats) if stats is not None else None,
                 max_marks=int(data.get("inference_marks", 2)),
                 marks=str(data.get("marks", "ground_truth")),
+                trace_order=str(data.get("trace_order", "gripper_first")),
             )
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{config_path} is malformed: {exc}") from exc
@@ -154,8 +163,8 @@ class MagmaPolicy:
         budget = 16 + grammar.max_marks * (8 + TOKENS_PER_STEP * (self.trace_steps + 1))
         prefix = ""
         gripper, gripper_cell = proposal.gripper, dict(marks).get(GRIPPER_MARK_ID)
-        if (gripper is not None and gripper_cell is not None and GRIPPER_MARK_ID in grammar.mark_ids
-                and np.isfinite(gripper.depth) and gripper.depth > 0):
+        if (self.trace_order == "gripper_first" and gripper is not None and gripper_cell is not None
+                and GRIPPER_MARK_ID in grammar.mark_ids and np.isfinite(gripper.depth) and gripper.depth > 0):
             # The gripper's trace starts where proprioception puts it (as in training): the model need not write that.
             prefix = trace_start_prefix(GRIPPER_MARK_ID, gripper_cell, self.depth_binning.encode(gripper.depth))
         # Greedy with jump-forward over the grammar's forced text: the same tokens as `generate`, fewer model calls.
@@ -163,9 +172,13 @@ class MagmaPolicy:
         result = results[0]
         if not result.ok:
             raise UnparsableOutputError(f"the model's trace did not parse: {result.error}")
+        written = [t.mark_id for t in result.traces]
+        if GRIPPER_MARK_ID in dict(marks) and GRIPPER_MARK_ID not in written:
+            raise UnparsableOutputError(f"the model traced marks {written} but not the gripper (mark {GRIPPER_MARK_ID})")
         grid = sorted(result.traces, key=lambda t: (t.mark_id != GRIPPER_MARK_ID, t.mark_id))
         traces = traces_from_grid_traces(grid, width, height, self.depth_binning)
-        others = [t.mark_id for t in grid if t.mark_id != GRIPPER_MARK_ID]
+        # The mark the model wrote first (target_first) or the other traced mark is what it is going for.
+        others = [m for m in written if m != GRIPPER_MARK_ID]
         return {
             "marks": proposal.marks,
             "trace": traces,
@@ -180,7 +193,7 @@ class MagmaPolicy:
     def _trace_mark_ids(self, marks) -> frozenset[int]:
         ids = frozenset(m for m, _ in marks)
         # One trace at run time is the gripper's (the one the controller follows): let the grammar name only it.
-        if self.max_marks == 1 and GRIPPER_MARK_ID in ids:
+        if self.max_marks == 1 and GRIPPER_MARK_ID in ids and self.trace_order == "gripper_first":
             return frozenset({GRIPPER_MARK_ID})
         return ids
 

@@ -36,7 +36,7 @@ from magma_core.som.marks import Mark, MarkSet
 from magma_core.tom.types import Trace
 
 GRIPPER_MARK_ID = 1
-GRIPPER_TRACE, OBJECT_TRACE = 0, 1
+GRIPPER_TRACE, OBJECT_TRACE, PLACE_TRACE = 0, 1, 2
 # A ground-truth trace belongs to the proposed mark nearest its start within this many pixels (per 128 px of width).
 MATCH_RADIUS_PX = 6.0
 
@@ -96,16 +96,36 @@ def trace_indices(n_recorded: int, trace_steps: int, trace_stride: int) -> np.nd
     return np.minimum(np.arange(trace_steps + 1) * trace_stride, n_recorded - 1)
 
 
+def answer_trace_indices(sample: Sample, mark_ids: list[int | None], order: str = "gripper_first") -> list[int]:
+    """Which ground-truth traces a trace answer lists, in order (indices into `sample.gt_trace`).
+
+    gripper_first: the gripper, then the object. target_first: the mark the gripper heads for (the
+    object until the hand closes, then the place, when there is one), then the gripper. Traces whose
+    mark was not proposed (id None) are left out.
+    """
+    n = _check_traces(sample)
+    if order == "gripper_first":
+        chosen = [GRIPPER_TRACE, OBJECT_TRACE]
+    elif order == "target_first":
+        holding = sample.gt_trace_gripper is not None and float(np.asarray(sample.gt_trace_gripper).reshape(-1)[0]) >= 0.5
+        target = PLACE_TRACE if holding and n > PLACE_TRACE else OBJECT_TRACE
+        chosen = [target, GRIPPER_TRACE]
+    else:
+        raise InvalidInputError(f"trace order must be 'gripper_first' or 'target_first', got {order!r}")
+    return [i for i in chosen if mark_ids[i] is not None]
+
+
 def gt_grid_traces(sample: Sample, mark_ids: list[int], trace_steps: int, trace_stride: int,
-                   depth_binning: DepthBinning) -> list[GridTrace]:
-    """2.5D grid traces of the gripper then the object (the gripper state is the hand's, for both)."""
+                   depth_binning: DepthBinning, indices: list[int] | None = None) -> list[GridTrace]:
+    """2.5D grid traces of the ground-truth traces `indices` (default: the gripper then the object); the gripper
+    state is the hand's, for every trace."""
     _check_traces(sample)
     if sample.gt_trace_gripper is None:
         raise InvalidInputError("the sample has traces but no gt_trace_gripper")
     idx = trace_indices(sample.gt_trace.shape[1], trace_steps, trace_stride)
     gripper = np.clip(np.asarray(sample.gt_trace_gripper, dtype=np.float64)[idx], 0.0, 1.0)
     traces = []
-    for index in (GRIPPER_TRACE, OBJECT_TRACE):
+    for index in (GRIPPER_TRACE, OBJECT_TRACE) if indices is None else indices:
         uvd = np.asarray(sample.gt_trace[index], dtype=np.float64)[idx]
         traces.append(Trace(mark_ids[index], uvd[:, :2], np.ones(len(idx), bool), depth=uvd[:, 2], gripper=gripper))
     h, w = sample.rgb.shape[:2]
@@ -113,11 +133,12 @@ def gt_grid_traces(sample: Sample, mark_ids: list[int], trace_steps: int, trace_
 
 
 def build_trace(sample: Sample, mark_ids: list[int], trace_steps: int, trace_stride: int,
-                depth_binning: DepthBinning, variant: int = 0) -> TrainingItem:
-    """Trace-of-Mark planning: the gripper's and the object's next positions (2.5D) from the drawn marks."""
+                depth_binning: DepthBinning, variant: int = 0, order: str = "gripper_first") -> TrainingItem:
+    """Trace-of-Mark planning: the next positions (2.5D) of the gripper and its object or goal, from the drawn marks."""
     marks = gt_marks(sample, mark_ids)
     h, w = sample.rgb.shape[:2]
-    grid = gt_grid_traces(sample, mark_ids, trace_steps, trace_stride, depth_binning)
+    grid = gt_grid_traces(sample, mark_ids, trace_steps, trace_stride, depth_binning,
+                          indices=answer_trace_indices(sample, mark_ids, order))
     prompt = trace_prompt(sample.instruction, prompt_marks(marks, w, h), trace_steps, with_depth=True, variant=variant)
     return TrainingItem("trace", draw_marks(sample.rgb, marks), prompt, answer=trace_answer(grid, trace_steps, depth_binning.n_bins))
 
@@ -179,12 +200,12 @@ def build_grounding_proposed(sample: Sample, marks: list[DescribedMark], depth_b
 
 
 def build_trace_proposed(sample: Sample, marks: list[DescribedMark], trace_steps: int, trace_stride: int,
-                         depth_binning: DepthBinning, variant: int = 0) -> TrainingItem:
-    """Trace-of-Mark planning on run-time marks: the gripper's trace, then the object's when it was proposed."""
+                         depth_binning: DepthBinning, variant: int = 0, order: str = "gripper_first") -> TrainingItem:
+    """Trace-of-Mark planning on run-time marks: the gripper's trace and its object's or goal's (in `order`),
+    leaving out a trace whose mark was not proposed."""
     ids = match_trace_marks(sample, marks)
-    grid = gt_grid_traces(sample, [i if i is not None else 0 for i in ids], trace_steps, trace_stride, depth_binning)
-    if ids[OBJECT_TRACE] is None:
-        grid = grid[:1]
+    grid = gt_grid_traces(sample, [i if i is not None else 0 for i in ids], trace_steps, trace_stride, depth_binning,
+                          indices=answer_trace_indices(sample, ids, order))
     h, w = sample.rgb.shape[:2]
     prompt = trace_prompt(sample.instruction, marks_text(marks, w, h, depth_binning), trace_steps, with_depth=True,
                           variant=variant)
@@ -202,4 +223,4 @@ def _check_traces(sample: Sample) -> int:
 
 __all__ = ["TrainingItem", "has_traces", "proposal_observation", "propose_for_sample", "match_trace_marks",
            "build_grounding_proposed", "build_trace_proposed", "mark_ids_for", "gt_marks", "prompt_marks", "build_grounding", "build_trace",
-           "build_action", "gt_grid_traces", "trace_indices", "marks_from_grid_traces"]
+           "build_action", "gt_grid_traces", "answer_trace_indices", "trace_indices", "marks_from_grid_traces"]
