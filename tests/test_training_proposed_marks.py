@@ -26,7 +26,7 @@ from magma_core.training.samples_builder import (  # noqa: E402
 )
 from model_fixtures import SMALL, one_torch_thread  # noqa: E402,F401
 
-LINE = re.compile(r"^Mark (\d+) at \[(\d+),(\d+),(\d+)\] (.+)$")
+LINE = re.compile(r"^Mark (\d+): \[\((\d+),(\d+),(\d+)\)\] (.+)$")
 BINNING = DepthBinning()
 
 
@@ -117,8 +117,10 @@ def test_target_first_answer_traces_the_goal_then_the_gripper(source):
             continue
         assert [t.mark_id for t in parsed] == [target, 1]
         listed = {m[0]: m for m in _lines(item.prompt)}
-        # The goal's trace is its ground truth; its listed mark is the proposal matched within 6 px (12 cells).
-        assert abs(int(parsed[0].cells[0][0]) - listed[target][1]) <= 12, "the goal's trace starts at its listed mark"
+        # Both traces start exactly where the prompt lists their marks (an exact copy of the mark's line).
+        for trace in parsed:
+            assert tuple(int(v) for v in trace.cells[0]) == listed[trace.mark_id][1:3]
+            assert int(trace.depth_bins[0]) == listed[trace.mark_id][3]
         seen.add("place" if holding else "object")
     assert seen == {"object", "place"}, "pick_place frames cover both phases"
 

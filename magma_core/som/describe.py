@@ -1,10 +1,12 @@
 """Marks as the model reads them: each proposed mark with its position, depth bin and what it is.
 
 Set-of-Mark in Magma draws numbered marks on the image; this project also lists them in the
-prompt. A described mark line reads ``Mark 6 at [118,118,57] pink block 4cm``: the 256-grid cell,
+prompt. A described mark line reads ``Mark 6: [(118,118,57)] pink block 4cm``: the 256-grid cell,
 the depth bin of the mark (so the trace's first step is known, not guessed), and the proposal's
 label and footprint size (so "the small pink cube" can be told from a large one). The gripper
-line carries proprioception instead: ``Mark 1 at [128,30,31] gripper 80mm`` (the finger opening).
+line carries proprioception instead: ``Mark 1: [(128,30,31)] gripper 80mm`` (the finger opening).
+The position is written as a trace answer starts (``Mark 6: [(118,118,57,``), so a trace begins as a
+literal continuation of its mark's line: the model learns to copy a mark's position by matching text.
 
 The same code builds the lines for training samples (from proposals on recorded frames) and at
 run time (`MagmaPolicy`), so the model sees one format in both places.
@@ -59,7 +61,7 @@ def describe_proposal(proposal: ProposedMarks, gripper_opening_m: float | None =
 
 
 def marks_text(marks: Sequence[DescribedMark], width: int, height: int, depth_binning: DepthBinning) -> str:
-    """Prompt lines ``Mark k at [x,y,d] text`` (grid cells, depth bin)."""
+    """Prompt lines ``Mark k: [(x,y,d)] text`` (grid cells, depth bin)."""
     if not marks:
         raise InvalidInputError("no marks to describe")
     points = np.array([m.point for m in marks], dtype=np.float64)
@@ -71,7 +73,7 @@ def marks_text(marks: Sequence[DescribedMark], width: int, height: int, depth_bi
         text = " ".join(str(mark.text).split())
         if any(c in text for c in "<>[]\n"):
             raise InvalidInputError(f"mark {mark.mark_id} description {text!r} holds a reserved character")
-        lines.append(f"Mark {mark.mark_id} at [{int(cell[0])},{int(cell[1])},{int(depth_bin)}] {text}".rstrip())
+        lines.append(f"Mark {mark.mark_id}: [({int(cell[0])},{int(cell[1])},{int(depth_bin)})] {text}".rstrip())
     return "\n".join(lines)
 
 

@@ -28,7 +28,7 @@ from magma_core.codecs.action_tokenizer import ActionTokenizer
 from magma_core.codecs.trace_text import DepthBinning, GridTrace, grid_traces_from_traces, marks_from_grid_traces
 from magma_core.data.samples import Sample
 from magma_core.errors import InvalidInputError
-from magma_core.grid import pixels_to_grid
+from magma_core.grid import GRID_SIZE, pixels_to_grid
 from magma_core.prompts import action_answer_ids, action_prompt, grounding_answer, grounding_prompt, trace_answer, trace_prompt
 from magma_core.som.draw import draw_marks
 from magma_core.som.describe import DescribedMark, describe_proposal, mark_set, marks_text, nearest_mark
@@ -207,9 +207,25 @@ def build_trace_proposed(sample: Sample, marks: list[DescribedMark], trace_steps
     grid = gt_grid_traces(sample, [i if i is not None else 0 for i in ids], trace_steps, trace_stride, depth_binning,
                           indices=answer_trace_indices(sample, ids, order))
     h, w = sample.rgb.shape[:2]
+    if order == "target_first":
+        grid = [anchored_at_mark(t, marks, w, h, depth_binning) for t in grid]
     prompt = trace_prompt(sample.instruction, marks_text(marks, w, h, depth_binning), trace_steps, with_depth=True,
                           variant=variant)
     return TrainingItem("trace", draw_marks(sample.rgb, mark_set(marks, w, h)), prompt, answer=trace_answer(grid, trace_steps, depth_binning.n_bins))
+
+
+def anchored_at_mark(trace: GridTrace, marks: list[DescribedMark], width: int, height: int,
+                     depth_binning: DepthBinning) -> GridTrace:
+    """`trace` moved so it starts exactly at its mark's listed cell and depth bin (its motion kept).
+
+    A goal's ground-truth point and its proposed mark differ by a few cells; starting the goal's trace at the
+    listed position makes its first step an exact copy of the prompt, which a small model learns quickly."""
+    mark = next(m for m in marks if m.mark_id == trace.mark_id)
+    cell = pixels_to_grid(np.clip(np.array([mark.point], dtype=np.float64), 0, [width - 1, height - 1]), width, height)[0]
+    depth_bin = int(np.atleast_1d(depth_binning.encode(np.array([mark.depth], dtype=np.float64)))[0])
+    cells = np.clip(trace.cells - trace.cells[0] + cell.astype(np.int64), 0, GRID_SIZE - 1)
+    bins = np.clip(trace.depth_bins - trace.depth_bins[0] + depth_bin, 0, depth_binning.n_bins - 1)
+    return GridTrace(trace.mark_id, cells, bins, trace.gripper)
 
 
 def _check_traces(sample: Sample) -> int:
