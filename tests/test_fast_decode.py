@@ -273,3 +273,27 @@ def test_trace_start_prefix_writes_the_canonical_opening(model, processor):
         trace_start_prefix(1, (1, 2, 3))
     results, _ = greedy_trace(model, processor, _batch(processor), ONE_MARK_25D, 72, trace_start_prefix(1, (114, 74), 59))
     assert results[0].ok and results[0].traces[0].cells[0].tolist() == [114, 74]
+
+
+# ------------------------------------------------------------------ listed-position drafts
+
+
+def test_listed_position_drafts_keep_the_greedy_tokens_and_save_calls(processor):
+    """Drafting a mark's listed position where its step begins is verified like any draft: the tokens stay the
+    greedy ones whatever is listed, and when the model writes the listed position the decode needs fewer calls."""
+    from magma_core.model.fast_decode import greedy_trace_ids
+
+    grammar = TraceGrammar(expect_steps=3, expect_25d=True, mark_ids=frozenset({1, 2, 7}), max_marks=2)
+    model, batch = _model(11), _batch(processor, 11)
+    plain_stats, listed_stats, wrong_stats = {}, {}, {}
+    plain = greedy_trace_ids(model, processor, batch, grammar, 64, stats=plain_stats)
+    result = processor.decode_trace(plain[0], expect_25d=True, expect_steps=3)
+    assert result.ok
+    # What the model writes at each mark's first step, as a prompt would list it; the first mark does not move.
+    listed = {t.mark_id: (*(int(v) for v in t.cells[0]), int(t.depth_bins[0])) for t in result.traces}
+    moving = result.traces[-1].mark_id
+    same = greedy_trace_ids(model, processor, batch, grammar, 64, stats=listed_stats, mark_positions=listed, moving_mark=moving)
+    assert same.tolist() == plain.tolist()
+    assert listed_stats["forward_calls"] < plain_stats["forward_calls"]
+    wrong = {k: (v[0] + 1, v[1], v[2]) for k, v in listed.items()}
+    assert greedy_trace_ids(model, processor, batch, grammar, 64, stats=wrong_stats, mark_positions=wrong).tolist() == plain.tolist()

@@ -20,6 +20,11 @@ the end marker once the step count is reached. `greedy_trace` writes such text i
   appended without verification, and a draft that ends with end-of-sequence after such tokens
   needs no further call at all.
 
+- Position lookups (`mark_positions`: mark id -> the (x, y, depth) its prompt line lists): where a
+  mark's step begins, its listed position is drafted too (for every step of a mark other than
+  `moving_mark`, for the first step of that one), verified like any draft. A goal that does not
+  move, or a trace that starts where its mark is, then costs one call per step instead of four.
+
 Each forward call after the prefill therefore starts from a token the model chose among several
 (a branching token), so calls <= branching tokens + 1; for a 3-step 2.5D trace of one forced
 mark id that is 13 calls instead of ~32, and fewer with a `forced_prefix` (text the caller
@@ -74,7 +79,10 @@ class _Draft:
 class _TraceDecoder:
     """Grammar bookkeeping for one greedy decode: allowed tokens under the budget and the drafts."""
 
-    def __init__(self, processor, grammar: TraceGrammar, max_new_tokens: int):
+    def __init__(self, processor, grammar: TraceGrammar, max_new_tokens: int,
+                 mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None):
+        self.mark_positions = {int(k): tuple(int(v) for v in pos) for k, pos in (mark_positions or {}).items()}
+        self.moving_mark = moving_mark
         self.vocab = processor.trace_vocabulary
         self.tokenizer = processor.tokenizer
         if grammar.markers_as_text != self.vocab.markers_as_text:
@@ -168,7 +176,7 @@ class _TraceDecoder:
                     break
                 continue
             progressed = False
-            for token in self.forced_tokens(state):
+            for token in self.lookup_tokens(state) or self.forced_tokens(state):
                 if not self.admits(state, generated + len(draft.tokens), token):
                     break  # the canonical split is not writable here (budget): let the model choose
                 ids, next_states = self.allowed(state, generated + len(draft.tokens))
@@ -179,6 +187,15 @@ class _TraceDecoder:
                 break
         draft.end_state = state
         return draft
+
+    def lookup_tokens(self, state: TraceState) -> tuple[int, ...]:
+        """At the start of a step, the mark's listed position ("x,y,d,") as tokens to verify; else ()."""
+        if state.phase != Phase.FIELD or state.field != 0 or state.digits:
+            return ()
+        position = self.mark_positions.get(state.mark_id)
+        if position is None or (state.mark_id == self.moving_mark and state.steps > 0):
+            return ()
+        return tuple(self.encode("".join(f"{v}," for v in position)))
 
     # ------------------------------------------------------------------ forced prefix
 
@@ -196,18 +213,20 @@ class _TraceDecoder:
 
 
 def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_new_tokens: int = 256,
-                     forced_prefix: str = "", stats: dict | None = None) -> torch.Tensor:
+                     forced_prefix: str = "", stats: dict | None = None,
+                     mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None) -> torch.Tensor:
     """Answer ids (1, n): `forced_prefix`'s tokens then greedy, grammar-constrained tokens up to end-of-sequence.
 
     `max_new_tokens` bounds the whole answer, forced prefix included. `stats`, if given, receives
-    ``forward_calls`` and ``drafted`` / ``accepted`` token counts.
+    ``forward_calls`` and ``drafted`` / ``accepted`` token counts. `mark_positions` / `moving_mark`: drafts
+    of listed positions (see the module docstring); they change the number of calls, never the tokens.
     """
     if not isinstance(grammar, TraceGrammar):
         raise InvalidInputError(f"grammar must be a TraceGrammar, got {type(grammar).__name__}")
     if not isinstance(forced_prefix, str):
         raise InvalidInputError(f"forced_prefix must be a str, got {type(forced_prefix).__name__}")
     prompt = _single_prompt(batch)
-    decoder = _TraceDecoder(processor, grammar, max_new_tokens)
+    decoder = _TraceDecoder(processor, grammar, max_new_tokens, mark_positions, moving_mark)
     fewest = decoder.grammar.min_tokens_to_finish(decoder.grammar.initial_state())
     if decoder.max_new_tokens < fewest:
         raise InvalidInputError(f"max_new_tokens={max_new_tokens} is too small for a trace; it needs at least {fewest}")

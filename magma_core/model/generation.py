@@ -37,7 +37,8 @@ def generate_trace(
 
 
 def greedy_trace(
-    model, processor, batch: dict, grammar: TraceGrammar | None = None, max_new_tokens: int = 256, forced_prefix: str = ""
+    model, processor, batch: dict, grammar: TraceGrammar | None = None, max_new_tokens: int = 256, forced_prefix: str = "",
+    mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None,
 ) -> tuple[list[ParseResult], torch.Tensor]:
     """Greedy trace of ONE prompt, the model run only where the grammar branches (see `fast_decode`).
 
@@ -46,9 +47,12 @@ def greedy_trace(
     ``"<trace_start>Mark 1: [(114,74,59,"``): it is written after the prompt, must be accepted by
     the grammar (else InvalidInputError) and counts against `max_new_tokens`. Returns
     ([ParseResult], ids (1, n)): the answer's ids, prefix included, ending with end-of-sequence.
+    `mark_positions` (mark id -> listed (x, y[, depth])) and `moving_mark` draft listed positions for
+    verification: fewer calls, the same tokens.
     """
     grammar = grammar or TraceGrammar()
-    ids = greedy_trace_ids(model, processor, batch, grammar, max_new_tokens, forced_prefix)
+    ids = greedy_trace_ids(model, processor, batch, grammar, max_new_tokens, forced_prefix,
+                           mark_positions=mark_positions, moving_mark=moving_mark)
     return [processor.decode_trace(ids[0], **_parse_options(grammar))], ids
 
 

@@ -60,20 +60,27 @@ def describe_proposal(proposal: ProposedMarks, gripper_opening_m: float | None =
     return sorted(out, key=lambda m: (m.mark_id != GRIPPER_MARK_ID, m.mark_id))
 
 
-def marks_text(marks: Sequence[DescribedMark], width: int, height: int, depth_binning: DepthBinning) -> str:
-    """Prompt lines ``Mark k: [(x,y,d)] text`` (grid cells, depth bin)."""
+def listed_positions(marks: Sequence[DescribedMark], width: int, height: int,
+                     depth_binning: DepthBinning) -> dict[int, tuple[int, int, int]]:
+    """Mark id -> the (x, y, depth bin) its prompt line lists (grid cells of the point clipped into the image)."""
     if not marks:
         raise InvalidInputError("no marks to describe")
-    points = np.array([m.point for m in marks], dtype=np.float64)
-    points = np.clip(points, 0, [width - 1, height - 1])
+    points = np.clip(np.array([m.point for m in marks], dtype=np.float64), 0, [width - 1, height - 1])
     cells = pixels_to_grid(points, width, height)
-    bins = depth_binning.encode(np.array([m.depth for m in marks], dtype=np.float64))
+    bins = np.atleast_1d(depth_binning.encode(np.array([m.depth for m in marks], dtype=np.float64)))
+    return {int(m.mark_id): (int(c[0]), int(c[1]), int(b)) for m, c, b in zip(marks, cells, bins)}
+
+
+def marks_text(marks: Sequence[DescribedMark], width: int, height: int, depth_binning: DepthBinning) -> str:
+    """Prompt lines ``Mark k: [(x,y,d)] text`` (grid cells, depth bin)."""
+    positions = listed_positions(marks, width, height, depth_binning)
     lines = []
-    for mark, cell, depth_bin in zip(marks, cells, np.atleast_1d(bins)):
+    for mark in marks:
         text = " ".join(str(mark.text).split())
         if any(c in text for c in "<>[]\n"):
             raise InvalidInputError(f"mark {mark.mark_id} description {text!r} holds a reserved character")
-        lines.append(f"Mark {mark.mark_id}: [({int(cell[0])},{int(cell[1])},{int(depth_bin)})] {text}".rstrip())
+        x, y, depth_bin = positions[mark.mark_id]
+        lines.append(f"Mark {mark.mark_id}: [({x},{y},{depth_bin})] {text}".rstrip())
     return "\n".join(lines)
 
 
@@ -106,4 +113,4 @@ def _millimetres(value) -> int:
     return int(round(max(float(arr[0]), 0.0) * 1000))
 
 
-__all__ = ["DescribedMark", "describe_proposal", "marks_text", "mark_set", "nearest_mark"]
+__all__ = ["DescribedMark", "describe_proposal", "listed_positions", "marks_text", "mark_set", "nearest_mark"]

@@ -25,7 +25,7 @@ from magma_core.codecs.action_tokenizer import ActionNormStats, ActionTokenizer
 from magma_core.codecs.trace_text import DepthBinning, encode_traces, traces_from_grid_traces
 from magma_core.errors import InvalidInputError
 from magma_core.prompts import action_prompt, trace_prompt
-from magma_core.som.describe import describe_proposal, marks_text
+from magma_core.som.describe import describe_proposal, listed_positions, marks_text
 from magma_core.som.draw import draw_marks
 from magma_core.som.propose import GRIPPER_MARK_ID, ProposalConfig, propose_marks
 from magma_core.training.samples_builder import prompt_marks
@@ -151,11 +151,12 @@ class MagmaPolicy:
         if not marks:
             raise UnparsableOutputError("no marks were proposed in this observation; nothing to plan for")
         image = draw_marks(np.asarray(obs["rgb"]), proposal.marks)
-        listed = marks
+        listed, positions = marks, None
         if self.marks_format == "proposed":
             opening = obs.get("gripper")
             described = describe_proposal(proposal, None if opening is None else float(np.asarray(opening).reshape(-1)[0]))
             listed = marks_text(described, width, height, self.depth_binning)
+            positions = listed_positions(described, width, height, self.depth_binning)
         prompt = trace_prompt(obs["instruction"], listed, self.trace_steps, with_depth=True)
         batch = self.processor([image], [prompt])
         grammar = TraceGrammar(expect_steps=self.trace_steps + 1, expect_25d=True, n_depth_bins=self.depth_binning.n_bins,
@@ -168,7 +169,9 @@ class MagmaPolicy:
             # The gripper's trace starts where proprioception puts it (as in training): the model need not write that.
             prefix = trace_start_prefix(GRIPPER_MARK_ID, gripper_cell, self.depth_binning.encode(gripper.depth))
         # Greedy with jump-forward over the grammar's forced text: the same tokens as `generate`, fewer model calls.
-        results, _ = greedy_trace(self.model, self.processor, batch, grammar, max_new_tokens=budget, forced_prefix=prefix)
+        # Listed positions are drafted where a trace step begins (verified): same tokens, fewer model calls.
+        results, _ = greedy_trace(self.model, self.processor, batch, grammar, max_new_tokens=budget, forced_prefix=prefix,
+                                  mark_positions=positions, moving_mark=GRIPPER_MARK_ID)
         result = results[0]
         if not result.ok:
             raise UnparsableOutputError(f"the model's trace did not parse: {result.error}")

@@ -31,7 +31,7 @@ from magma_core.errors import InvalidInputError
 from magma_core.grid import GRID_SIZE, pixels_to_grid
 from magma_core.prompts import action_answer_ids, action_prompt, grounding_answer, grounding_prompt, trace_answer, trace_prompt
 from magma_core.som.draw import draw_marks
-from magma_core.som.describe import DescribedMark, describe_proposal, mark_set, marks_text, nearest_mark
+from magma_core.som.describe import DescribedMark, describe_proposal, listed_positions, mark_set, marks_text, nearest_mark
 from magma_core.som.marks import Mark, MarkSet
 from magma_core.tom.types import Trace
 
@@ -220,10 +220,8 @@ def anchored_at_mark(trace: GridTrace, marks: list[DescribedMark], width: int, h
 
     A goal's ground-truth point and its proposed mark differ by a few cells; starting the goal's trace at the
     listed position makes its first step an exact copy of the prompt, which a small model learns quickly."""
-    mark = next(m for m in marks if m.mark_id == trace.mark_id)
-    cell = pixels_to_grid(np.clip(np.array([mark.point], dtype=np.float64), 0, [width - 1, height - 1]), width, height)[0]
-    depth_bin = int(np.atleast_1d(depth_binning.encode(np.array([mark.depth], dtype=np.float64)))[0])
-    cells = np.clip(trace.cells - trace.cells[0] + cell.astype(np.int64), 0, GRID_SIZE - 1)
+    x, y, depth_bin = listed_positions(marks, width, height, depth_binning)[trace.mark_id]
+    cells = np.clip(trace.cells - trace.cells[0] + np.array([x, y], dtype=np.int64), 0, GRID_SIZE - 1)
     bins = np.clip(trace.depth_bins - trace.depth_bins[0] + depth_bin, 0, depth_binning.n_bins - 1)
     return GridTrace(trace.mark_id, cells, bins, trace.gripper)
 
