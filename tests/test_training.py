@@ -191,6 +191,27 @@ def test_training_lowers_the_loss_and_writes_metrics(trained):
     assert not [n for n in names if n.endswith((".bin", ".pt", ".pth", ".pkl"))]
 
 
+def test_periodic_evaluation_in_simulation_logs_success_per_checkpoint(dataset_dir, tmp_path):
+    """eval_every runs the saved checkpoint in simulation on held-out seeds and logs the result to eval.csv."""
+    pytest.importorskip("pybullet")
+    import csv
+
+    from magma_core.training.trainer import Trainer
+    from magma_sim.stats import wilson_interval
+
+    config = _config(dataset_dir, tmp_path / "run", steps=4, save_every=2, eval_every=4, eval_episodes=1,
+                     eval_seed_start=10_003, objectives={"trace": 1.0})
+    Trainer(config, progress=False).train()
+    with (tmp_path / "run" / "eval.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
+    assert len(rows) == 1 and rows[0]["step"] == "4" and rows[0]["task"] == "pick_place" and rows[0]["episodes"] == "1"
+    successes = int(rows[0]["successes"])
+    assert float(rows[0]["success_rate"]) == successes
+    assert float(rows[0]["wilson_low"]) == pytest.approx(wilson_interval(successes, 1)[0], abs=1e-4)
+    with pytest.raises(InvalidInputError, match="multiple of save_every"):
+        _config(dataset_dir, tmp_path / "bad", save_every=4, eval_every=6)
+
+
 def test_learning_rate_warms_up_then_decays_to_the_floor(tmp_path):
     from magma_core.training.trainer import learning_rate
 

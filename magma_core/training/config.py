@@ -108,6 +108,13 @@ class TrainConfig:
     gradient_checkpointing: bool = False  # recompute activations in backward: less memory, ~30% more time
     # Depth bins of 2.5D traces and described marks: DepthBinning fields (near, far metres; n_bins; spacing).
     depth_binning: dict = field(default_factory=dict)
+    # Periodic evaluation in simulation (needs the sim extra): every eval_every steps (a multiple of save_every;
+    # 0: never) the saved checkpoint runs eval_episodes episodes of eval_task on held-out seeds from eval_seed_start;
+    # results go to eval.csv, TensorBoard and the progress bar.
+    eval_every: int = 0
+    eval_episodes: int = 3
+    eval_task: str = "pick_place"
+    eval_seed_start: int = 10_000
 
     def __post_init__(self) -> None:
         specs = self.datasets
@@ -130,8 +137,14 @@ class TrainConfig:
         self._check_scale_out()
         for name in ("steps", "batch_size", "grad_accum", "save_every", "log_every", "trace_steps", "trace_stride", "object_id_range"):
             _check_int(name, getattr(self, name), minimum=1)
-        for name in ("warmup_steps", "max_shift_px", "seed"):
+        for name in ("warmup_steps", "max_shift_px", "seed", "eval_every", "eval_seed_start"):
             _check_int(name, getattr(self, name), minimum=0)
+        _check_int("eval_episodes", self.eval_episodes, minimum=1)
+        if self.eval_every and self.eval_every % self.save_every:
+            raise InvalidInputError(f"eval_every ({self.eval_every}) must be a multiple of save_every ({self.save_every}): "
+                                    "it evaluates the saved checkpoint")
+        if not isinstance(self.eval_task, str) or not self.eval_task:
+            raise InvalidInputError(f"eval_task must name a simulated task, got {self.eval_task!r}")
         _check_number("lr", self.lr, minimum=0.0, strict=True)
         _check_number("weight_decay", self.weight_decay, minimum=0.0)
         _check_number("min_lr_ratio", self.min_lr_ratio, minimum=0.0, maximum=1.0)

@@ -47,6 +47,8 @@ STATE_FILE = "trainer_state.json"
 OPTIMIZER_FILE = "optimizer.safetensors"
 METRICS_FILE = "metrics.csv"
 METRICS_COLUMNS = ("step", "loss", "lr", "grad_norm", "examples", "seconds")
+EVAL_FILE = "eval.csv"
+EVAL_COLUMNS = ("step", "task", "episodes", "successes", "success_rate", "wilson_low", "wilson_high", "seconds")
 STATE_VERSION = 1
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 
@@ -256,6 +258,10 @@ class Trainer:
                     window = []
                 if self.step % cfg.save_every == 0 or self.step == end:
                     self.save()
+                    if cfg.eval_every and self.is_main and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                        rate = self.evaluate_in_sim(metrics)
+                        if bar is not None:
+                            bar.set_postfix(sim_success=f"{rate:.2f}", step=self.step)
         finally:
             if bar is not None:
                 bar.close()
@@ -267,6 +273,20 @@ class Trainer:
         done = len(result.losses) * cfg.batch_size * cfg.grad_accum
         result.examples_per_second = done / result.seconds if result.seconds > 0 else 0.0
         return result
+
+    def evaluate_in_sim(self, metrics: "_MetricsLog | None") -> float:
+        """Run the saved checkpoint in simulation (config.eval_*) and log the success rate; returns it."""
+        from magma_sim.evaluate import evaluate  # noqa: PLC0415 - the sim extra, only when asked for
+
+        cfg = self.config
+        was_training = self.model.training
+        report = evaluate(str(self.checkpoint_dir), tasks=cfg.eval_task, episodes=cfg.eval_episodes,
+                          seed_start=cfg.eval_seed_start, workers=1)
+        self.model.train(was_training)
+        block = report.summary["tasks"][cfg.eval_task]
+        if metrics is not None:
+            metrics.write_eval(self.step, cfg.eval_task, block, report.seconds)
+        return float(block["rate"])
 
     # ------------------------------------------------------------------ checkpoints
 
@@ -409,6 +429,19 @@ class _MetricsLog:
         if self.tensorboard is not None:
             self.tensorboard.add_scalar("train/loss", loss, step)
             self.tensorboard.add_scalar("train/lr", lr, step)
+
+    def write_eval(self, step: int, task: str, block: dict, seconds: float) -> None:
+        """One row of eval.csv (beside metrics.csv) and the TensorBoard scalar eval/<task>/success_rate."""
+        path = Path(self.file.name).parent / EVAL_FILE
+        new = not path.exists()
+        with path.open("a", newline="") as handle:
+            writer = csv.writer(handle)
+            if new:
+                writer.writerow(EVAL_COLUMNS)
+            writer.writerow([step, task, block["n"], block["successes"], f"{block['rate']:.4f}",
+                             f"{block['ci_low']:.4f}", f"{block['ci_high']:.4f}", f"{seconds:.1f}"])
+        if self.tensorboard is not None:
+            self.tensorboard.add_scalar(f"eval/{task}/success_rate", block["rate"], step)
 
     def close(self) -> None:
         self.file.close()
