@@ -187,38 +187,33 @@ def test_config_checks_the_marks_option():
         TrainConfig(datasets=["x"], inference_marks=0)
 
 
-def test_policy_trained_on_proposals_reads_described_marks_and_writes_the_gripper_trace(dataset_dir, tmp_path):
+def _trained_policy_and_obs(dataset_dir, tmp_path, **changes):
+    """A 2-step magma-tiny run on proposed marks, its policy, and a held-out pick_place observation."""
     from magma_core.training.policy import MagmaPolicy
     from magma_core.training.trainer import Trainer
     from magma_sim.env import make_env
 
     config = TrainConfig(datasets=[str(dataset_dir)], out=str(tmp_path / "run"), model_overrides={**SMALL, "image_size": 128},
-                         marks="proposed", trace_steps=2, steps=2, batch_size=2, warmup_steps=1, save_every=100)
-    result = Trainer(config, progress=False).train()
-    policy = MagmaPolicy.from_pretrained(result.checkpoint)
-    assert policy.marks_format == "proposed" and policy.max_marks == 1
+                         marks="proposed", trace_steps=2, steps=2, batch_size=2, warmup_steps=1, save_every=100, **changes)
+    policy = MagmaPolicy.from_pretrained(Trainer(config, progress=False).train().checkpoint)
     env = make_env("pick_place", image_size=128)
     obs, _ = env.reset(seed=10001)
     env.close()
+    return policy, obs
+
+
+def test_policy_trained_on_proposals_reads_described_marks_and_writes_the_gripper_trace(dataset_dir, tmp_path):
+    policy, obs = _trained_policy_and_obs(dataset_dir, tmp_path)
+    assert policy.marks_format == "proposed" and policy.max_marks == 1
     out = policy.infer(obs)
     assert [t.mark_id for t in out["trace"]] == [1] and out["trace"][0].length == 3
 
 
 def test_target_first_policy_writes_a_goal_and_the_gripper_trace(dataset_dir, tmp_path):
     from magma_core.model import UnparsableOutputError
-    from magma_core.training.policy import MagmaPolicy
-    from magma_core.training.trainer import Trainer
-    from magma_sim.env import make_env
 
-    config = TrainConfig(datasets=[str(dataset_dir)], out=str(tmp_path / "run"), model_overrides={**SMALL, "image_size": 128},
-                         marks="proposed", trace_steps=2, trace_stride=5, trace_order="target_first", inference_marks=2,
-                         steps=2, batch_size=2, warmup_steps=1, save_every=100)
-    result = Trainer(config, progress=False).train()
-    policy = MagmaPolicy.from_pretrained(result.checkpoint)
+    policy, obs = _trained_policy_and_obs(dataset_dir, tmp_path, trace_stride=5, trace_order="target_first", inference_marks=2)
     assert policy.trace_order == "target_first" and policy.max_marks == 2
-    env = make_env("pick_place", image_size=128)
-    obs, _ = env.reset(seed=10001)
-    env.close()
     try:
         out = policy.infer(obs)
     except UnparsableOutputError as exc:  # an untrained model may leave the gripper out: named, never a crash
