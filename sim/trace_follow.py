@@ -7,7 +7,7 @@ named by ``gripper_mark``, else the one starting nearest the projected TCP), tak
 that point as the TCP target. A gripper change on the trace is tied to its place: the follower
 aims at the first step whose gripper state differs, switches the gripper only once the TCP is
 within ``gripper_tolerance`` of it and then holds there ``settle_steps`` steps while the fingers
-move (as the ROS controller's WaypointFollower does, with its defaults: 1 cm, 0.5 s at 10 Hz).
+move (as the ROS controller's WaypointFollower does, with its defaults: 5 mm, 0.5 s at 10 Hz).
 A 2D trace (no depth) is intersected
 with the horizontal plane through the current TCP. Traces carry no orientation, so the TCP keeps
 the orientation it had at the episode's first step unless the output names an ``orientation``.
@@ -107,7 +107,7 @@ def gripper_trace(traces: list[Trace], ee_uv: np.ndarray, gripper_mark: int | No
 class TraceFollower:
     """Turns one trace-mode output per step into a waypoint (8: xyz, quaternion xyzw, gripper)."""
 
-    def __init__(self, lookahead: int = 1, gripper_tolerance: float = 0.01, settle_steps: int = 5) -> None:
+    def __init__(self, lookahead: int = 1, gripper_tolerance: float = 0.005, settle_steps: int = 5) -> None:
         if int(lookahead) != lookahead or lookahead < 1:
             raise InvalidInputError(f"lookahead must be a positive integer, got {lookahead!r}")
         if not gripper_tolerance > 0 or int(settle_steps) != settle_steps or settle_steps < 0:

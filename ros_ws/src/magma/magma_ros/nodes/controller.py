@@ -64,7 +64,7 @@ PARAMETERS = (
     Param("max_step", 0.05, "Farthest a target may lie from the measured TCP position, metres (bounds the pull on a lagging arm)."),
     Param("max_step_angle", 0.3, "Largest rotation between a target and the measured TCP orientation, radians."),
     Param("reach_tolerance", 0.01, "A waypoint counts as reached within this distance, metres."),
-    Param("gripper_tolerance", 0.01, "A waypoint where the gripper opens or closes must be reached this closely, metres."),
+    Param("gripper_tolerance", 0.005, "A waypoint where the gripper opens or closes must be reached this closely, metres."),
     Param("lookahead", 0, "Aim this many waypoints past the next unreached one (smoother, less exact)."),
     Param("gripper_settle_s", 0.5, "Dwell at a waypoint where the gripper opens or closes, seconds."),
     Param("work_plane_z", 0.02, "Height (base z, metres) of the plane a 2D-only trace step is assumed on when no depth is known."),
