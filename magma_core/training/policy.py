@@ -28,6 +28,7 @@ from magma_core.prompts import action_prompt, trace_prompt
 from magma_core.som.describe import describe_proposal, listed_positions, marks_text
 from magma_core.som.draw import draw_marks
 from magma_core.som.propose import GRIPPER_MARK_ID, ProposalConfig, propose_marks
+from magma_core.training.config import TRACE_ORDERS
 from magma_core.training.samples_builder import prompt_marks
 
 POLICY_FILE = "policy.json"
@@ -80,8 +81,8 @@ class MagmaPolicy:
             raise InvalidInputError(f"marks must be 'proposed' or 'ground_truth', got {marks!r}")
         # How the checkpoint was taught to read marks: described run-time proposals or bare (id, cell) pairs.
         self.marks_format = marks
-        if trace_order not in ("gripper_first", "target_first"):
-            raise InvalidInputError(f"trace_order must be 'gripper_first' or 'target_first', got {trace_order!r}")
+        if trace_order not in TRACE_ORDERS:
+            raise InvalidInputError(f"trace_order must be one of {TRACE_ORDERS}, got {trace_order!r}")
         if trace_order == "target_first" and self.max_marks < 2:
             raise InvalidInputError("a target_first checkpoint writes its target's trace before the gripper's: max_marks must be >= 2")
         # target_first: the model names and traces the mark it heads for, then the gripper's path to it.
@@ -196,7 +197,7 @@ class MagmaPolicy:
     def _trace_mark_ids(self, marks) -> frozenset[int]:
         ids = frozenset(m for m, _ in marks)
         # One trace at run time is the gripper's (the one the controller follows): let the grammar name only it.
-        if self.max_marks == 1 and GRIPPER_MARK_ID in ids and self.trace_order == "gripper_first":
+        if self.max_marks == 1 and GRIPPER_MARK_ID in ids:
             return frozenset({GRIPPER_MARK_ID})
         return ids
 

@@ -33,6 +33,7 @@ from magma_core.prompts import action_answer_ids, action_prompt, grounding_answe
 from magma_core.som.draw import draw_marks
 from magma_core.som.describe import DescribedMark, describe_proposal, listed_positions, mark_set, marks_text, nearest_mark
 from magma_core.som.marks import Mark, MarkSet
+from magma_core.training.config import TRACE_ORDERS
 from magma_core.tom.types import Trace
 
 GRIPPER_MARK_ID = 1
@@ -104,14 +105,13 @@ def answer_trace_indices(sample: Sample, mark_ids: list[int | None], order: str 
     mark was not proposed (id None) are left out.
     """
     n = _check_traces(sample)
+    if order not in TRACE_ORDERS:
+        raise InvalidInputError(f"trace order must be one of {TRACE_ORDERS}, got {order!r}")
     if order == "gripper_first":
         chosen = [GRIPPER_TRACE, OBJECT_TRACE]
-    elif order == "target_first":
-        holding = sample.gt_trace_gripper is not None and float(np.asarray(sample.gt_trace_gripper).reshape(-1)[0]) >= 0.5
-        target = PLACE_TRACE if holding and n > PLACE_TRACE else OBJECT_TRACE
-        chosen = [target, GRIPPER_TRACE]
     else:
-        raise InvalidInputError(f"trace order must be 'gripper_first' or 'target_first', got {order!r}")
+        holding = sample.gt_trace_gripper is not None and float(np.asarray(sample.gt_trace_gripper).reshape(-1)[0]) >= 0.5
+        chosen = [PLACE_TRACE if holding and n > PLACE_TRACE else OBJECT_TRACE, GRIPPER_TRACE]
     return [i for i in chosen if mark_ids[i] is not None]
 
 
@@ -208,21 +208,21 @@ def build_trace_proposed(sample: Sample, marks: list[DescribedMark], trace_steps
                           indices=answer_trace_indices(sample, ids, order))
     h, w = sample.rgb.shape[:2]
     if order == "target_first":
-        grid = [anchored_at_mark(t, marks, w, h, depth_binning) for t in grid]
+        positions = listed_positions(marks, w, h, depth_binning)
+        grid = [anchored_at_mark(t, positions[t.mark_id], depth_binning.n_bins) for t in grid]
     prompt = trace_prompt(sample.instruction, marks_text(marks, w, h, depth_binning), trace_steps, with_depth=True,
                           variant=variant)
     return TrainingItem("trace", draw_marks(sample.rgb, mark_set(marks, w, h)), prompt, answer=trace_answer(grid, trace_steps, depth_binning.n_bins))
 
 
-def anchored_at_mark(trace: GridTrace, marks: list[DescribedMark], width: int, height: int,
-                     depth_binning: DepthBinning) -> GridTrace:
-    """`trace` moved so it starts exactly at its mark's listed cell and depth bin (its motion kept).
+def anchored_at_mark(trace: GridTrace, listed: tuple[int, int, int], n_depth_bins: int) -> GridTrace:
+    """`trace` moved so it starts exactly at its mark's listed (x, y, depth bin) (its motion kept).
 
     A goal's ground-truth point and its proposed mark differ by a few cells; starting the goal's trace at the
     listed position makes its first step an exact copy of the prompt, which a small model learns quickly."""
-    x, y, depth_bin = listed_positions(marks, width, height, depth_binning)[trace.mark_id]
+    x, y, depth_bin = listed
     cells = np.clip(trace.cells - trace.cells[0] + np.array([x, y], dtype=np.int64), 0, GRID_SIZE - 1)
-    bins = np.clip(trace.depth_bins - trace.depth_bins[0] + depth_bin, 0, depth_binning.n_bins - 1)
+    bins = np.clip(trace.depth_bins - trace.depth_bins[0] + depth_bin, 0, n_depth_bins - 1)
     return GridTrace(trace.mark_id, cells, bins, trace.gripper)
 
 

@@ -279,10 +279,9 @@ class Trainer:
         from magma_sim.evaluate import evaluate  # noqa: PLC0415 - the sim extra, only when asked for
 
         cfg = self.config
-        was_training = self.model.training
+        # The checkpoint is loaded afresh from disk: the model in training is left as it is.
         report = evaluate(str(self.checkpoint_dir), tasks=cfg.eval_task, episodes=cfg.eval_episodes,
                           seed_start=cfg.eval_seed_start, workers=1)
-        self.model.train(was_training)
         block = report.summary["tasks"][cfg.eval_task]
         if metrics is not None:
             metrics.write_eval(self.step, cfg.eval_task, block, report.seconds)
