@@ -35,6 +35,7 @@ __all__ = [
     "grounding_answer",
     "trace_prompt",
     "trace_answer",
+    "locate_prompt",
     "action_prompt",
     "action_answer_ids",
 ]
@@ -44,6 +45,7 @@ _REQUIRED_FIELDS = {
     "grounding": {"image", "instruction", "marks"},
     "trace": {"image", "instruction", "marks", "n_steps", "step_format"},
     "action": {"image", "instruction"},
+    "locate": {"image", "marks", "mark_list", "step_format"},
 }
 STEP_FORMAT_2D = "(x,y)"
 STEP_FORMAT_25D = "(x,y,depth,gripper)"
@@ -78,6 +80,10 @@ class PromptTemplates:
     trace: tuple[str, ...] = (
         "{image}\nTask: {instruction}\nMarks:\n{marks}\nGive each mark's position now and its next {n_steps} positions as {step_format}.",
         "{image}\nThe robot must {instruction}.\nMarks on the image:\n{marks}\nWhere is each mark now and over the next {n_steps} steps? Write {step_format} per step.",
+    )
+    locate: tuple[str, ...] = (
+        "{image}\nMarks:\n{marks}\nWhere are marks {mark_list} now? Write {step_format} for each.",
+        "{image}\nThe numbered marks are:\n{marks}\nGive the current position of marks {mark_list} as {step_format}.",
     )
     action: tuple[str, ...] = (
         "{image}\nWhat action should the robot take to {instruction}?",
@@ -171,6 +177,23 @@ def trace_answer(grid_traces: Sequence[GridTrace], n_steps: int | None = None, n
             if gt.length != n_steps + 1:
                 raise InvalidInputError(f"mark {gt.mark_id} has {gt.length} steps; the prompt asks for now + {n_steps}")
     return encode_traces(grid_traces, with_markers=True, n_depth_bins=n_depth_bins or DEFAULT_N_DEPTH_BINS)
+
+
+def locate_prompt(marks: str, mark_ids: Sequence[int], variant: int = 0,
+                  templates: PromptTemplates = DEFAULT_TEMPLATES) -> str:
+    """Mark localisation (Set-of-Mark): where the listed marks `mark_ids` are now, written as one-step traces.
+
+    Its answer (`trace_answer` of one-step traces) starts each line the way a trace does, so the model
+    practises finding a mark's line by its number and copying its position, the first step of every trace."""
+    try:
+        ids = [_as_mark_id(i) for i in mark_ids]
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"locate needs integer mark ids, got {mark_ids!r}") from exc
+    if not ids or len(set(ids)) != len(ids):
+        raise InvalidInputError(f"locate needs distinct mark ids, got {list(mark_ids)!r}")
+    mark_list = ", ".join(str(i) for i in ids[:-1]) + (" and " if len(ids) > 1 else "") + str(ids[-1])
+    return _pick(templates.locate, variant, "locate").format(
+        image=IMAGE_TOKEN, marks=_marks_block(marks), mark_list=mark_list, step_format=STEP_FORMAT_25D)
 
 
 def action_prompt(instruction: str, variant: int = 0, templates: PromptTemplates = DEFAULT_TEMPLATES) -> str:

@@ -102,6 +102,18 @@ def test_synthetic_scene_gives_each_thing_one_mark_with_its_3d_facts():
     assert cube.depth == pytest.approx(project(cube.top, K, T)[2])
 
 
+def test_flat_slivers_are_dropped_but_pads_stay_at_any_resolution():
+    """A thin flat strip (a shadow or edge: a few pixels) is no mark; the pad is, at 128 and 256 px alike."""
+    strip = ((0.45, -0.30, 0.002), (0.03, 0.004, 0.002), 0.0, color_rgb("blue"))
+    for size in (W, 2 * W):
+        labels = sorted(i.label for i in propose_marks(_obs([GREEN_PAD, strip], width=size, height=size)).info.values())
+        assert labels == ["green flat", "gripper"], (size, labels)
+    kept = propose_marks(_obs([GREEN_PAD, strip]), ProposalConfig(min_region_pixels=0))
+    assert sorted(i.label for i in kept.info.values()) == ["blue flat", "green flat", "gripper"]
+    with pytest.raises(InvalidInputError, match="min_region_pixels"):
+        ProposalConfig(min_region_pixels=-1)
+
+
 def test_gripper_is_mark_1_at_the_projected_tcp_and_the_rest_are_numbered_left_to_right():
     obs = _obs([RED_CUBE, GREEN_PAD, WHITE_BLOCK], ee_xyz=(0.45, -0.05, 0.25))
     proposal = propose_marks(obs)

@@ -91,6 +91,9 @@ def test_config_rejects_bad_values(changes, message):
 def test_shipped_config_is_valid():
     config = load_config("configs/train_tiny.yaml")
     assert config.model == "magma_tiny" and config.mode == "trace" and config.datasets[0].path.endswith("data/pick_place")
+    stage2 = load_config("configs/train_tiny_finetune.yaml")
+    assert stage2.init_from.endswith("runs/magma-tiny/checkpoint") and stage2.objective_weights == config.objective_weights
+    assert stage2.objective_weights["locate"] > 0 and stage2.trace_order == config.trace_order == "target_first"
 
 
 # ------------------------------------------------------------------ samples
@@ -336,3 +339,14 @@ def test_cli_trains_and_resumes_with_overrides(dataset_dir, tmp_path, capsys):
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "trained steps 2 -> 3 of 3" in text and "magma eval --policy" in text
+    # --init-from starts a new run (stage 2) from the first run's weights.
+    checkpoint = tmp_path / "run" / "checkpoint"
+    stage2 = tmp_path / "stage2.yaml"  # the checkpoint decides the shapes: no model_overrides
+    stage2.write_text(json.dumps(dict(_config(dataset_dir, tmp_path / "run").to_dict(), model_overrides={})))
+    args = parser.parse_args(["train", "--config", str(stage2), "--steps", "1", "--out", str(tmp_path / "stage2"),
+                              "--init-from", str(checkpoint), "--json"])
+    assert args.func(args) == 0
+    second = json.loads(capsys.readouterr().out)
+    assert second["started_at_step"] == 0 and second["step"] == 1
+    state = json.loads((tmp_path / "stage2" / "checkpoint" / "trainer_state.json").read_text())
+    assert state["config"]["init_from"] == str(checkpoint)

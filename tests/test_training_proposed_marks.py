@@ -19,6 +19,7 @@ from magma_core.training.config import TrainConfig  # noqa: E402
 from magma_core.training.mixture import TrainingMixture, load_source  # noqa: E402
 from magma_core.training.samples_builder import (  # noqa: E402
     build_grounding_proposed,
+    build_locate_proposed,
     build_trace_proposed,
     match_trace_marks,
     propose_for_sample,
@@ -178,6 +179,41 @@ def test_depth_binning_from_the_config_reaches_prompt_and_answer(dataset_dir):
     assert abs(int(first.depth_bins[0]) - gripper_line[3]) <= 1 and gripper_line[3] >= 100  # finer than the 100 default
     with pytest.raises(InvalidInputError, match="depth_binning"):
         TrainConfig(datasets=["x"], depth_binning={"bins": 3})
+
+
+def test_locate_sample_answers_the_asked_marks_with_their_listed_positions(source):
+    """locate: the prompt asks for a few marks in random order; each answer line is that mark's listed position
+    and the hand's state, written the way a trace starts."""
+    rng = np.random.default_rng(0)
+    orders = set()
+    for sample in source.samples[::4]:
+        marks = propose_for_sample(sample)
+        if marks is None:
+            continue
+        item = build_locate_proposed(sample, marks, BINNING, rng, max_marks=3)
+        assert item.objective == "locate"
+        listed = {m[0]: m for m in _lines(item.prompt)}
+        asked = [int(v) for v in re.findall(r"\d+", item.prompt.splitlines()[-1])]
+        parsed = parse_traces_strict(item.answer, expect_25d=True, expect_steps=1)
+        assert [t.mark_id for t in parsed] == asked and 1 <= len(asked) <= 3 and len(set(asked)) == len(asked)
+        closed = int(float(sample.gt_trace_gripper[0]) >= 0.5)
+        for trace in parsed:
+            assert (int(trace.cells[0][0]), int(trace.cells[0][1]), int(trace.depth_bins[0])) == listed[trace.mark_id][1:4]
+            assert int(trace.gripper[0]) == closed
+        orders.add(tuple(asked))
+    assert len(orders) > 1, "different frames ask different marks"
+    with pytest.raises(InvalidInputError, match="at least one"):
+        build_locate_proposed(source.samples[0], [], BINNING, rng)
+
+
+def test_mixture_mixes_locate_samples_and_the_config_ties_them_to_proposed_marks(dataset_dir):
+    config = TrainConfig(datasets=[str(dataset_dir)], out="unused", marks="proposed", trace_steps=2,
+                         objectives={"trace": 0.5, "locate": 0.5}, trace_order="target_first", inference_marks=2)
+    mixture = TrainingMixture.from_config(config, vocab_size=1280)
+    kinds = [mixture.item(i).objective for i in range(24)]
+    assert set(kinds) == {"trace", "locate"}
+    with pytest.raises(InvalidInputError, match="marks: proposed"):
+        TrainConfig(datasets=["x"], marks="ground_truth", objectives={"locate": 1.0})
 
 
 def test_config_checks_the_marks_option():

@@ -25,6 +25,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="override the batch size (the global micro-batch, split over torchrun's processes)")
     parser.add_argument("--lr", type=float, default=None, help="override the peak learning rate")
     parser.add_argument("--seed", type=int, default=None, help="override the seed")
+    parser.add_argument("--init-from", default=None, metavar="CHECKPOINT",
+                        help="start from this checkpoint folder's weights (overrides the config's init_from)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="override the device")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -44,7 +46,7 @@ def run(args: argparse.Namespace) -> int:
             raise InvalidInputError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
     config = load_config(args.config, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
-                         seed=args.seed, device=args.device)
+                         seed=args.seed, device=args.device, init_from=args.init_from)
     # A single process (no torchrun) gets a context without any process group.
     with session(config.device) as context:
         trainer = Trainer(config, resume=args.resume, context=context)

@@ -23,8 +23,9 @@ from magma_core.data.samples import Sample
 from magma_core.errors import InvalidInputError
 from magma_core.prompts import DEFAULT_TEMPLATES
 from magma_core.training.config import OBJECTIVES, TrainConfig
-from magma_core.training.samples_builder import (TrainingItem, build_action, build_grounding, build_grounding_proposed, build_trace,
-                                                 build_trace_proposed, has_traces, mark_ids_for, propose_for_sample)
+from magma_core.training.samples_builder import (TrainingItem, build_action, build_grounding, build_grounding_proposed,
+                                                 build_locate_proposed, build_trace, build_trace_proposed, has_traces, mark_ids_for,
+                                                 propose_for_sample)
 
 
 @dataclass
@@ -87,7 +88,7 @@ class TrainingMixture:
         for name in OBJECTIVES:
             if self.objective_weights[name] <= 0:
                 continue
-            if name in ("grounding", "trace") and not has_traces(sample):
+            if name in ("grounding", "trace", "locate") and not has_traces(sample):
                 continue
             if name == "action" and (sample.action is None or self.tokenizers[source_index] is None):
                 continue
@@ -116,6 +117,9 @@ class TrainingMixture:
         marks = self.proposed_marks(k, frame) if self.config.marks == "proposed" else None
         if marks is not None:
             marks = [m.shifted(dx, dy) for m in marks]
+            if objective == "locate":
+                return build_locate_proposed(sample, marks, self.depth_binning, rng,
+                                             variant=int(rng.integers(len(DEFAULT_TEMPLATES.locate))))
             if objective == "grounding":
                 item = build_grounding_proposed(sample, marks, self.depth_binning,
                                                 variant=int(rng.integers(len(DEFAULT_TEMPLATES.grounding))))

@@ -10,6 +10,9 @@ image and the instruction rather than learning a fixed number.
 - trace (Trace-of-Mark): marks drawn, answer the 2.5D trace (grid cells, depth bins, gripper
   state) of the gripper and the object over the next `trace_steps` positions.
 - action: the plain image, answer the 7 action tokens of the recorded action.
+- locate (proposed marks only): marks drawn and listed, answer the current position of a few of them,
+  asked in random order, as one-step traces. Every line is a lookup by mark number and a copy, the
+  skill each trace's first step needs, practised several times per example.
 
 With ``marks: proposed`` (the default of configs/train_tiny.yaml) grounding and trace samples use
 the marks a robot proposes at run time (`propose_marks` on the recorded RGB-D frame, camera and
@@ -29,7 +32,8 @@ from magma_core.codecs.trace_text import DepthBinning, GridTrace, grid_traces_fr
 from magma_core.data.samples import Sample
 from magma_core.errors import InvalidInputError
 from magma_core.grid import GRID_SIZE, pixels_to_grid
-from magma_core.prompts import action_answer_ids, action_prompt, grounding_answer, grounding_prompt, trace_answer, trace_prompt
+from magma_core.prompts import (action_answer_ids, action_prompt, grounding_answer, grounding_prompt, locate_prompt, trace_answer,
+                                trace_prompt)
 from magma_core.som.draw import draw_marks
 from magma_core.som.describe import DescribedMark, describe_proposal, listed_positions, mark_set, marks_text, nearest_mark
 from magma_core.som.marks import Mark, MarkSet
@@ -215,6 +219,25 @@ def build_trace_proposed(sample: Sample, marks: list[DescribedMark], trace_steps
     return TrainingItem("trace", draw_marks(sample.rgb, mark_set(marks, w, h)), prompt, answer=trace_answer(grid, trace_steps, depth_binning.n_bins))
 
 
+def build_locate_proposed(sample: Sample, marks: list[DescribedMark], depth_binning: DepthBinning,
+                          rng: np.random.Generator, max_marks: int = 4, variant: int = 0) -> TrainingItem:
+    """Mark localisation on run-time marks: 1..`max_marks` of them in random order, each answered with its
+    listed (x, y, depth bin) and the hand's state, as a one-step trace."""
+    if not marks:
+        raise InvalidInputError("locate needs at least one proposed mark")
+    if sample.gt_trace_gripper is None:
+        raise InvalidInputError(f"episode {sample.episode_index} frame {sample.frame_index} has no gt_trace_gripper")
+    h, w = sample.rgb.shape[:2]
+    positions = listed_positions(marks, w, h, depth_binning)
+    count = int(rng.integers(1, min(max_marks, len(marks)) + 1))
+    chosen = [int(marks[i].mark_id) for i in rng.permutation(len(marks))[:count]]
+    closed = int(float(np.asarray(sample.gt_trace_gripper).reshape(-1)[0]) >= 0.5)
+    traces = [GridTrace(i, np.array([positions[i][:2]]), np.array([positions[i][2]]), np.array([closed])) for i in chosen]
+    prompt = locate_prompt(marks_text(marks, w, h, depth_binning), chosen, variant=variant)
+    return TrainingItem("locate", draw_marks(sample.rgb, mark_set(marks, w, h)), prompt,
+                        answer=trace_answer(traces, 0, depth_binning.n_bins))
+
+
 def anchored_at_mark(trace: GridTrace, listed: tuple[int, int, int], n_depth_bins: int) -> GridTrace:
     """`trace` moved so it starts exactly at its mark's listed (x, y, depth bin) (its motion kept).
 
@@ -236,5 +259,5 @@ def _check_traces(sample: Sample) -> int:
 
 
 __all__ = ["TrainingItem", "has_traces", "proposal_observation", "propose_for_sample", "match_trace_marks",
-           "build_grounding_proposed", "build_trace_proposed", "mark_ids_for", "gt_marks", "prompt_marks", "build_grounding", "build_trace",
+           "build_grounding_proposed", "build_trace_proposed", "build_locate_proposed", "mark_ids_for", "gt_marks", "prompt_marks", "build_grounding", "build_trace",
            "build_action", "gt_grid_traces", "answer_trace_indices", "trace_indices", "marks_from_grid_traces"]
