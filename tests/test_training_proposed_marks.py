@@ -256,3 +256,8 @@ def test_target_first_policy_writes_a_goal_and_the_gripper_trace(dataset_dir, tm
         assert "gripper" in str(exc)
     else:
         assert out["trace"][0].mark_id == 1 and all(t.length == 3 for t in out["trace"])
+        # Decoding pins each trace's start at its mark's listed position, as training anchors them.
+        marks = {m.id: m for m in out["marks"]}
+        for trace in out["trace"]:
+            assert np.linalg.norm(trace.points[0] - np.array(marks[trace.mark_id].center)) <= 1.0
+        assert out["target_object"] not in (None, 1)

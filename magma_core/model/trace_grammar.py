@@ -9,6 +9,11 @@ and enforces the parser's rules as it goes: coordinates below the grid size, dep
 `n_depth_bins`, gripper 0/1, no leading zeros, unique mark ids (optionally from a given set), one
 arity (2D or 2.5D) for every step, the same step count for every mark, at most `max_marks` marks.
 
+`not_first` keeps some ids out of the first trace (a goal-first answer writes the gripper second).
+`anchors` (mark id -> leading fields of its first step, e.g. the (x, y, depth bin) a mark's prompt line
+lists) pins where a trace starts: after ``Mark k: [(`` only mark k's anchored values may be written, so
+a decoder writes them without asking the model (training anchors goal-first traces the same way).
+
 The markers are special tokens in this project's vocabularies; `TraceGrammar(markers_as_text=True)`
 spells them out character by character for a tokenizer that lacks them. States are immutable
 and hashable, so callers can cache per-state work. `min_chars_to_close(state)` is the fewest
@@ -68,6 +73,8 @@ class TraceGrammar:
     mark_ids: frozenset | None = None
     max_mark_id: int = 999
     markers_as_text: bool = False
+    anchors: tuple = ()  # ((mark id, (x, y[, depth bin])), ...): a dict is accepted and stored sorted
+    not_first: frozenset = frozenset()  # ids that may not be the first mark (goal-first answers: the gripper)
 
     def __post_init__(self) -> None:
         for name in ("grid", "n_depth_bins", "max_marks", "max_steps"):
@@ -87,6 +94,28 @@ class TraceGrammar:
             if not ids or min(ids) < 0 or max(ids) > self.max_mark_id:
                 raise InvalidInputError(f"mark_ids must be a non-empty set of ids in [0, {self.max_mark_id}], got {sorted(ids)}")
             object.__setattr__(self, "mark_ids", ids)
+        object.__setattr__(self, "anchors", self._checked_anchors(self.anchors))
+        try:
+            object.__setattr__(self, "not_first", frozenset(int(i) for i in self.not_first))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"not_first must be a set of mark ids, got {self.not_first!r}") from exc
+        object.__setattr__(self, "_anchor_map", dict(self.anchors))  # not a field: lookups per character
+
+    def _checked_anchors(self, anchors) -> tuple:
+        items = anchors.items() if isinstance(anchors, dict) else anchors
+        try:
+            pinned = tuple(sorted((int(k), tuple(int(v) for v in values)) for k, values in items))
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"anchors must map mark ids to integer fields, got {anchors!r}") from exc
+        for mark_id, values in pinned:
+            if not 1 <= len(values) <= 3:
+                raise InvalidInputError(f"anchor of mark {mark_id} must give x, y and optionally a depth bin, got {values}")
+            if len(values) == 3 and self.expect_25d is False:
+                raise InvalidInputError(f"anchor of mark {mark_id} has a depth bin but the grammar is 2D")
+            for field, value in enumerate(values):
+                if not 0 <= value < self._field_limit(field):
+                    raise InvalidInputError(f"anchor of mark {mark_id}: field {field} = {value} is out of range")
+        return pinned
 
     # ------------------------------------------------------------------ states
 
@@ -194,22 +223,25 @@ class TraceGrammar:
             if state.digits and state.value == 0:
                 return None  # no leading zeros
             prefix = (str(state.value) if state.digits else "") + char
-            if self._min_id_extension(prefix, state.used) is None:
+            if self._min_id_extension(prefix, self._unavailable(state)) is None:
                 return None
             return state._replace(value=int(prefix), digits=state.digits + 1)
-        if char == ":" and state.digits and self._id_allowed(state.value, state.used):
+        if char == ":" and state.digits and self._id_allowed(state.value, self._unavailable(state)):
             return state._replace(phase=Phase.LITERAL, literal=AFTER_ID[1:], then=Phase.FIELD, mark_id=state.value, steps=0)
         return None
 
     def _field_char(self, state: TraceState, char: str) -> TraceState | None:
+        pinned = self._pinned(state)
         if char.isascii() and char.isdigit():
             if state.digits and state.value == 0:
                 return None
             value = state.value * 10 + int(char)
             if value >= self._field_limit(state.field):
                 return None
+            if pinned is not None and not str(pinned).startswith(str(value)):
+                return None
             return state._replace(value=value, digits=state.digits + 1)
-        if not state.digits:
+        if not state.digits or (pinned is not None and state.value != pinned):
             return None
         field, arity = state.field, state.arity
         if char == ",":
@@ -243,6 +275,17 @@ class TraceGrammar:
     def _field_limit(self, field: int) -> int:
         return (self.grid, self.grid, self.n_depth_bins, 2)[field]
 
+    def _unavailable(self, state: TraceState) -> frozenset:
+        """Ids the next mark may not take: those written, and before the first mark the `not_first` ones."""
+        return state.used | self.not_first if state.marks == 0 else state.used
+
+    def _pinned(self, state: TraceState) -> int | None:
+        """The anchored value of the field being written (first step of an anchored mark), else None."""
+        if not self.anchors or state.steps:
+            return None
+        values = self._anchor_map.get(state.mark_id)
+        return values[state.field] if values is not None and state.field < len(values) else None
+
     def _step_limit(self, state: TraceState) -> int:
         return state.target if state.target else self.max_steps
 
@@ -252,7 +295,7 @@ class TraceGrammar:
         return self.mark_ids is None or mark_id in self.mark_ids
 
     def _can_add_mark(self, state: TraceState) -> bool:
-        return state.marks < self.max_marks and self._min_id_extension("", state.used) is not None
+        return state.marks < self.max_marks and self._min_id_extension("", state.used) is not None  # marks >= 1 here
 
     def _min_id_extension(self, prefix: str, used: frozenset) -> int | None:
         """Fewest digits to append to `prefix` for an allowed, unused id; None if impossible."""
@@ -290,7 +333,7 @@ class TraceGrammar:
         return more * (1 + self._step_chars(state)) + 1  # ",(...)" per missing step, then "]"
 
     def _chars_for_id_and_mark(self, state: TraceState, prefix: str, digits: int) -> int:
-        extension = self._min_id_extension(prefix, state.used)
+        extension = self._min_id_extension(prefix, self._unavailable(state))
         if extension is None:
             return 10**9  # unreachable in practice: transitions never enter such a prefix
         steps = state.target or 1

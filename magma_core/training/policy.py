@@ -160,8 +160,13 @@ class MagmaPolicy:
             positions = listed_positions(described, width, height, self.depth_binning)
         prompt = trace_prompt(obs["instruction"], listed, self.trace_steps, with_depth=True)
         batch = self.processor([image], [prompt])
+        # Goal-first training anchors every trace at its mark's listed position: decoding pins the same start, so the
+        # model decides which marks and where they go, and never re-copies a position from its prompt.
+        goal_first = self.trace_order == "target_first"
+        anchors = positions if goal_first and positions is not None else ()
         grammar = TraceGrammar(expect_steps=self.trace_steps + 1, expect_25d=True, n_depth_bins=self.depth_binning.n_bins,
-                               mark_ids=self._trace_mark_ids(marks), max_marks=min(self.max_marks, len(marks)))
+                               mark_ids=self._trace_mark_ids(marks), max_marks=min(self.max_marks, len(marks)), anchors=anchors,
+                               not_first=frozenset({GRIPPER_MARK_ID}) if goal_first and len(marks) > 1 else frozenset())
         budget = 16 + grammar.max_marks * (8 + TOKENS_PER_STEP * (self.trace_steps + 1))
         prefix = ""
         gripper, gripper_cell = proposal.gripper, dict(marks).get(GRIPPER_MARK_ID)
