@@ -29,6 +29,12 @@ Each forward call after the prefill therefore starts from a token the model chos
 (a branching token), so calls <= branching tokens + 1; for a 3-step 2.5D trace of one forced
 mark id that is 13 calls instead of ~32, and fewer with a `forced_prefix` (text the caller
 already knows, e.g. the gripper's current cell and depth bin).
+
+Who runs the model (`backend`): on the CPU a call through transformers costs milliseconds of
+Python for a small decoder, so an eval-mode Llama text model is run by `LeanLlamaDecoder` (the
+same arithmetic over the same weights, its own KV cache); anything else, or a model whose
+forward is wrapped or hooked, goes through the model's forward as before. Both sit behind the
+same small runner interface (feed tokens, get logits rows, crop), so the loop is one.
 """
 from __future__ import annotations
 
@@ -38,12 +44,15 @@ from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
+import torch.nn.modules.module as nn_hooks
 
 from magma_core.codecs.trace_text import TRACE_START
 from magma_core.errors import InvalidInputError
+from magma_core.model.lean_decoder import LeanLlamaDecoder, merged_input_embeddings
 from magma_core.model.trace_grammar import Phase, TraceGrammar, TraceState
 
 _CACHE_SIZE = 16384  # grammar states kept with their options and forced runs, per vocabulary
+BACKENDS = ("auto", "lean", "transformers")  # who runs the model: see greedy_trace_ids
 _DONE = TraceState(Phase.DONE)
 _NUMBER_PHASES = (Phase.FIELD, Phase.MARK_ID)
 
@@ -214,13 +223,20 @@ class _TraceDecoder:
 
 def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_new_tokens: int = 256,
                      forced_prefix: str = "", stats: dict | None = None,
-                     mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None) -> torch.Tensor:
+                     mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None,
+                     backend: str = "auto") -> torch.Tensor:
     """Answer ids (1, n): `forced_prefix`'s tokens then greedy, grammar-constrained tokens up to end-of-sequence.
 
     `max_new_tokens` bounds the whole answer, forced prefix included. `stats`, if given, receives
-    ``forward_calls`` and ``drafted`` / ``accepted`` token counts. `mark_positions` / `moving_mark`: drafts
-    of listed positions (see the module docstring); they change the number of calls, never the tokens.
+    ``forward_calls`` and ``drafted`` / ``accepted`` token counts and the ``backend`` that ran the model.
+    `mark_positions` / `moving_mark`: drafts of listed positions (see the module docstring); they change
+    the number of calls, never the tokens. `backend`: "lean" (`LeanLlamaDecoder`: the same Llama
+    arithmetic without transformers' per-call overhead; InvalidInputError if the model does not suit
+    it), "transformers" (the model's own forward and KV cache) or "auto" (lean where it applies: see
+    `_model_runner`).
     """
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not isinstance(grammar, TraceGrammar):
         raise InvalidInputError(f"grammar must be a TraceGrammar, got {type(grammar).__name__}")
     if not isinstance(forced_prefix, str):
@@ -238,9 +254,7 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
     answer = list(prefix_ids)
     counts = {"forward_calls": 0, "drafted": 0, "accepted": 0}
     pending = prompt + prefix_ids  # tokens not yet in the KV cache
-    cache, seen = None, 0
-    images = {k: batch[k] for k in ("pixel_values", "image_grids") if batch.get(k) is not None}
-    device = torch.as_tensor(batch["input_ids"]).device
+    runner = _model_runner(model, batch, backend, capacity=len(pending) + decoder.max_new_tokens)
     with torch.inference_mode():
         while len(answer) < decoder.max_new_tokens and state.phase != Phase.DONE:
             draft = decoder.draft(state, len(answer))
@@ -254,30 +268,106 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
                 answer.extend(draft.tokens)
                 break
             last = rows[-1]
-            feed = torch.tensor([pending + draft.tokens[:last]], dtype=torch.long, device=device)
-            out = model(
-                input_ids=feed,
-                attention_mask=torch.ones(1, seen + feed.shape[1], dtype=torch.long, device=device),
-                cache=cache,
-                use_cache=True,
-                logits_to_keep=last + 1,
-                **(images if cache is None else {}),
-            )
+            logits = runner.feed(pending + draft.tokens[:last], logits_to_keep=last + 1)
             counts["forward_calls"] += 1
-            cache, seen = out.cache, seen + feed.shape[1]
-            choice, kept, state = _verify(decoder, draft, out.logits[0], answer, counts)
+            choice, kept, state = _verify(decoder, draft, logits, answer, counts)
             if choice is None:
                 break  # the draft ran to end-of-sequence (or the budget) and the model agreed
             # The cache holds the draft up to row `last`; keep what precedes the chosen token, which is fed next.
             if last > kept:
-                cache.crop(kept - last)
-                seen -= last - kept
+                runner.crop_last(last - kept)
             if choice == decoder.eos:
                 break
             pending = [choice]
     if stats is not None:
-        stats.update(counts)
+        stats.update(counts, backend=runner.name)
     return torch.tensor([answer], dtype=torch.long)
+
+
+# ---------------------------------------------------------------------- model runners
+# Both feed tokens to the model after what it has seen, return the logits rows after the last
+# `logits_to_keep` of them, and forget the last k tokens. The first feed holds the prompt (images).
+
+
+class _TransformersRunner:
+    """The model's own forward and transformers' KV cache: any model, device and dtype."""
+
+    name = "transformers"
+
+    def __init__(self, model, batch: dict):
+        self.model = model
+        self.images = {k: batch[k] for k in ("pixel_values", "image_grids") if batch.get(k) is not None}
+        self.device = torch.as_tensor(batch["input_ids"]).device
+        self.cache, self.seen = None, 0
+
+    def feed(self, tokens: list[int], logits_to_keep: int) -> torch.Tensor:
+        ids = torch.tensor([tokens], dtype=torch.long, device=self.device)
+        out = self.model(
+            input_ids=ids,
+            attention_mask=torch.ones(1, self.seen + ids.shape[1], dtype=torch.long, device=self.device),
+            cache=self.cache,
+            use_cache=True,
+            logits_to_keep=logits_to_keep,
+            **(self.images if self.cache is None else {}),
+        )
+        self.cache, self.seen = out.cache, self.seen + ids.shape[1]
+        return out.logits[0]
+
+    def crop_last(self, k: int) -> None:
+        self.cache.crop(-k)
+        self.seen -= k
+
+
+class _LeanRunner:
+    """`LeanLlamaDecoder` over the model's weights; the prompt's embeddings (images merged) come from the model's code."""
+
+    name = "lean"
+
+    def __init__(self, model, batch: dict, capacity: int):
+        self.decoder = LeanLlamaDecoder(model, capacity)  # InvalidInputError where it does not suit the model
+        self.model = model
+        self.pixel_values, self.image_grids = batch.get("pixel_values"), batch.get("image_grids")
+        self.started = False
+
+    def feed(self, tokens: list[int], logits_to_keep: int) -> torch.Tensor:
+        if self.started:
+            return self.decoder.step(tokens, logits_to_keep)
+        ids = torch.tensor([tokens], dtype=torch.long, device=self.decoder.device)
+        embeds = merged_input_embeddings(self.model, ids, self.pixel_values, self.image_grids)
+        self.started = True
+        return self.decoder.prefill(embeds, logits_to_keep)
+
+    def crop_last(self, k: int) -> None:
+        self.decoder.crop_last(k)
+
+
+def _model_runner(model, batch: dict, backend: str, capacity: int):
+    """The lean runner where `backend` and the model allow it (see `_lean_unwelcome`), else the transformers one."""
+    if backend == "transformers" or (backend == "auto" and _lean_unwelcome(model, batch)):
+        return _TransformersRunner(model, batch)
+    try:
+        return _LeanRunner(model, batch, capacity)
+    except InvalidInputError as exc:
+        if backend == "lean":
+            raise InvalidInputError(f"backend='lean' cannot run this model: {exc}") from exc
+        return _TransformersRunner(model, batch)
+
+
+def _lean_unwelcome(model, batch: dict) -> bool:
+    """True where "auto" keeps the model's own forward although the lean decoder could run it.
+
+    Off the CPU (transformers' per-call overhead matters less there), and when something wraps or
+    hooks the model's forward: such instrumentation expects to see every call.
+    """
+    weight = next(model.parameters(), None)
+    if weight is None or weight.device.type != "cpu" or torch.as_tensor(batch["input_ids"]).device.type != "cpu":
+        return True
+    if "forward" in vars(model) or model._forward_hooks or model._forward_pre_hooks:
+        return True
+    if getattr(nn_hooks, "_global_forward_hooks", None) or getattr(nn_hooks, "_global_forward_pre_hooks", None):
+        return True
+    text_model = getattr(model, "language_model", None)
+    return text_model is not None and any(m._forward_hooks or m._forward_pre_hooks for m in text_model.modules())
 
 
 def _verify(decoder: _TraceDecoder, draft: _Draft, logits: torch.Tensor, answer: list[int], counts: dict):
@@ -357,4 +447,4 @@ def _remember(cache: OrderedDict, key, value) -> None:
         cache.popitem(last=False)
 
 
-__all__ = ["greedy_trace_ids", "trace_start_prefix"]
+__all__ = ["BACKENDS", "greedy_trace_ids", "trace_start_prefix"]
