@@ -36,6 +36,7 @@ __all__ = [
     "trace_prompt",
     "trace_answer",
     "locate_prompt",
+    "refer_prompt",
     "action_prompt",
     "action_answer_ids",
 ]
@@ -46,6 +47,7 @@ _REQUIRED_FIELDS = {
     "trace": {"image", "instruction", "marks", "n_steps", "step_format"},
     "action": {"image", "instruction"},
     "locate": {"image", "marks", "mark_list", "step_format"},
+    "refer": {"image", "marks", "things"},
 }
 STEP_FORMAT_2D = "(x,y)"
 STEP_FORMAT_25D = "(x,y,depth,gripper)"
@@ -84,6 +86,10 @@ class PromptTemplates:
     locate: tuple[str, ...] = (
         "{image}\nMarks:\n{marks}\nWhere are marks {mark_list} now? Write {step_format} for each.",
         "{image}\nThe numbered marks are:\n{marks}\nGive the current position of marks {mark_list} as {step_format}.",
+    )
+    refer: tuple[str, ...] = (
+        "{image}\nMarks:\n{marks}\nWhich marks show the {things}? Answer with their marks in that order.",
+        "{image}\nThe numbered marks are:\n{marks}\nName the marks of the {things}, in order.",
     )
     action: tuple[str, ...] = (
         "{image}\nWhat action should the robot take to {instruction}?",
@@ -194,6 +200,16 @@ def locate_prompt(marks: str, mark_ids: Sequence[int], variant: int = 0,
     mark_list = ", ".join(str(i) for i in ids[:-1]) + (" and " if len(ids) > 1 else "") + str(ids[-1])
     return _pick(templates.locate, variant, "locate").format(
         image=IMAGE_TOKEN, marks=_marks_block(marks), mark_list=mark_list, step_format=STEP_FORMAT_25D)
+
+
+def refer_prompt(marks: str, things: Sequence[str], variant: int = 0, templates: PromptTemplates = DEFAULT_TEMPLATES) -> str:
+    """Referring (Set-of-Mark): which marks show the named `things` ("blue block", ...); answered with
+    `grounding_answer` in the same order. It practises the lookup an instruction's object needs."""
+    names = [" ".join(str(t).split()) for t in things]
+    if not names or any(not n or any(c in n for c in "<>[]\n;") for n in names):
+        raise InvalidInputError(f"refer needs non-empty plain names, got {list(things)!r}")
+    listed = ", ".join(names[:-1]) + (" and the " if len(names) > 1 else "") + names[-1]
+    return _pick(templates.refer, variant, "refer").format(image=IMAGE_TOKEN, marks=_marks_block(marks), things=listed)
 
 
 def action_prompt(instruction: str, variant: int = 0, templates: PromptTemplates = DEFAULT_TEMPLATES) -> str:

@@ -20,6 +20,7 @@ from magma_core.training.mixture import TrainingMixture, load_source  # noqa: E4
 from magma_core.training.samples_builder import (  # noqa: E402
     build_grounding_proposed,
     build_locate_proposed,
+    build_refer_proposed,
     build_trace_proposed,
     match_trace_marks,
     propose_for_sample,
@@ -206,6 +207,30 @@ def test_locate_sample_answers_the_asked_marks_with_their_listed_positions(sourc
         build_locate_proposed(source.samples[0], [], BINNING, rng)
 
 
+def test_refer_sample_asks_for_named_marks_and_answers_their_ids_in_order(source):
+    rng = np.random.default_rng(1)
+    asked_any = False
+    for sample in source.samples[::4]:
+        marks = propose_for_sample(sample)
+        if marks is None:
+            continue
+        item = build_refer_proposed(sample, marks, BINNING, rng, max_marks=3)
+        if item is None:
+            continue
+        listed = {m[0]: m[4] for m in _lines(item.prompt)}
+        ids = parse_mark_ids(item.answer)
+        question = item.prompt.splitlines()[-1]
+        assert 1 not in ids and 1 <= len(ids) <= 3
+        # Each asked name is its mark's description without the size, and the answer follows the asked order.
+        names = [" ".join(listed[i].split()[:2]) for i in ids]
+        positions = [question.index(name) for name in names]
+        assert positions == sorted(positions), (question, item.answer)
+        for i, name in zip(ids, names):
+            assert sum(" ".join(text.split()[:2]) == name for text in listed.values()) == 1, "only names one mark has"
+        asked_any = True
+    assert asked_any
+
+
 def test_mixture_mixes_locate_samples_and_the_config_ties_them_to_proposed_marks(dataset_dir):
     config = TrainConfig(datasets=[str(dataset_dir)], out="unused", marks="proposed", trace_steps=2,
                          objectives={"trace": 0.5, "locate": 0.5}, trace_order="target_first", inference_marks=2)
@@ -214,6 +239,8 @@ def test_mixture_mixes_locate_samples_and_the_config_ties_them_to_proposed_marks
     assert set(kinds) == {"trace", "locate"}
     with pytest.raises(InvalidInputError, match="marks: proposed"):
         TrainConfig(datasets=["x"], marks="ground_truth", objectives={"locate": 1.0})
+    with pytest.raises(InvalidInputError, match="refer objective"):
+        TrainConfig(datasets=["x"], marks="ground_truth", objectives={"refer": 1.0})
 
 
 def test_config_checks_the_marks_option():

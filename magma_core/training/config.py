@@ -10,7 +10,7 @@ from typing import Any
 
 from magma_core.errors import InvalidInputError
 
-OBJECTIVES = ("grounding", "trace", "action", "locate")  # locate: proposed marks only
+OBJECTIVES = ("grounding", "trace", "action", "locate", "refer")  # locate, refer: proposed marks only
 MODEL_PRESETS = ("magma_tiny", "magma_8b")  # magma_8b only starts from a local checkpoint (init_from)
 STRATEGIES = ("ddp", "fsdp")
 # The decoder's projections LoRA may adapt (Llama names); the vision tower is trained fully or not at all.
@@ -160,8 +160,9 @@ class TrainConfig:
         if self.trace_order == "target_first" and self.inference_marks < 2:
             raise InvalidInputError("trace_order target_first writes the target's trace before the gripper's: "
                                     "set inference_marks to 2")
-        if self.objective_weights["locate"] > 0 and self.marks != "proposed":
-            raise InvalidInputError("the locate objective lists run-time marks: it needs marks: proposed")
+        for name in ("locate", "refer"):
+            if self.objective_weights[name] > 0 and self.marks != "proposed":
+                raise InvalidInputError(f"the {name} objective lists run-time marks: it needs marks: proposed")
         self.make_depth_binning()
         if self.mode not in ("trace", "action"):
             raise InvalidInputError(f"mode must be 'trace' or 'action', got {self.mode!r}")

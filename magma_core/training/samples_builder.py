@@ -13,6 +13,9 @@ image and the instruction rather than learning a fixed number.
 - locate (proposed marks only): marks drawn and listed, answer the current position of a few of them,
   asked in random order, as one-step traces. Every line is a lookup by mark number and a copy, the
   skill each trace's first step needs, practised several times per example.
+- refer (proposed marks only): marks drawn and listed, the question names a few of them by colour and
+  shape ("blue block"), answer their mark ids in that order: the lookup from a named thing to its
+  mark that grounding an instruction needs, several times per example.
 
 With ``marks: proposed`` (the default of configs/train_tiny.yaml) grounding and trace samples use
 the marks a robot proposes at run time (`propose_marks` on the recorded RGB-D frame, camera and
@@ -32,8 +35,8 @@ from magma_core.codecs.trace_text import DepthBinning, GridTrace, grid_traces_fr
 from magma_core.data.samples import Sample
 from magma_core.errors import InvalidInputError
 from magma_core.grid import GRID_SIZE, pixels_to_grid
-from magma_core.prompts import (action_answer_ids, action_prompt, grounding_answer, grounding_prompt, locate_prompt, trace_answer,
-                                trace_prompt)
+from magma_core.prompts import (action_answer_ids, action_prompt, grounding_answer, grounding_prompt, locate_prompt, refer_prompt,
+                                trace_answer, trace_prompt)
 from magma_core.som.draw import draw_marks
 from magma_core.som.describe import DescribedMark, describe_proposal, listed_positions, mark_set, marks_text, nearest_mark
 from magma_core.som.marks import Mark, MarkSet
@@ -238,6 +241,28 @@ def build_locate_proposed(sample: Sample, marks: list[DescribedMark], depth_binn
                         answer=trace_answer(traces, 0, depth_binning.n_bins))
 
 
+def build_refer_proposed(sample: Sample, marks: list[DescribedMark], depth_binning: DepthBinning,
+                         rng: np.random.Generator, max_marks: int = 3, variant: int = 0) -> TrainingItem | None:
+    """Referring on run-time marks: 1..`max_marks` marks named by colour and shape (only names one mark has),
+    answered with their ids in the asked order; None when no object or region has a name of its own."""
+    names: dict[str, list[int]] = {}
+    for mark in marks:
+        if mark.kind == "gripper" or mark.mark_id == GRIPPER_MARK_ID:
+            continue
+        words = str(mark.text).split()
+        name = " ".join(words[:-1] if len(words) > 2 and words[-1].endswith("cm") else words)
+        names.setdefault(name, []).append(int(mark.mark_id))
+    unique = sorted((name, ids[0]) for name, ids in names.items() if len(ids) == 1)
+    if not unique:
+        return None
+    count = int(rng.integers(1, min(max_marks, len(unique)) + 1))
+    chosen = [unique[i] for i in rng.permutation(len(unique))[:count]]
+    h, w = sample.rgb.shape[:2]
+    prompt = refer_prompt(marks_text(marks, w, h, depth_binning), [name for name, _ in chosen], variant=variant)
+    return TrainingItem("refer", draw_marks(sample.rgb, mark_set(marks, w, h)), prompt,
+                        answer=grounding_answer([mark_id for _, mark_id in chosen]))
+
+
 def anchored_at_mark(trace: GridTrace, listed: tuple[int, int, int], n_depth_bins: int) -> GridTrace:
     """`trace` moved so it starts exactly at its mark's listed (x, y, depth bin) (its motion kept).
 
@@ -259,5 +284,5 @@ def _check_traces(sample: Sample) -> int:
 
 
 __all__ = ["TrainingItem", "has_traces", "proposal_observation", "propose_for_sample", "match_trace_marks",
-           "build_grounding_proposed", "build_trace_proposed", "build_locate_proposed", "mark_ids_for", "gt_marks", "prompt_marks", "build_grounding", "build_trace",
+           "build_grounding_proposed", "build_trace_proposed", "build_locate_proposed", "build_refer_proposed", "mark_ids_for", "gt_marks", "prompt_marks", "build_grounding", "build_trace",
            "build_action", "gt_grid_traces", "answer_trace_indices", "trace_indices", "marks_from_grid_traces"]
