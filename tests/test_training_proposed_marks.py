@@ -288,3 +288,42 @@ def test_target_first_policy_writes_a_goal_and_the_gripper_trace(dataset_dir, tm
         for trace in out["trace"]:
             assert np.linalg.norm(trace.points[0] - np.array(marks[trace.mark_id].center)) <= 1.0
         assert out["target_object"] not in (None, 1)
+
+
+def test_answer_classes_name_mark_numbers_first_and_later_steps_and_gripper_flags():
+    from magma_core.bench.answers import _classify
+
+    pieces = ["<trace_start>", "Mark", " ", "4", ":", " [(", "12", ",", "130", ",", "77", ",", "0", "),(", "13", ",", "131", ",",
+              "78", ",", "1", ")]", "\n", "Mark", " ", "1", ":", " [(", "9", ",", "8", ",", "7", ",", "0", ")]", "<trace_end>"]
+    numbers = [p for p in pieces if p.strip().isdigit()]
+    correct = [p.strip() != "131" for p in pieces]  # one wrong token: the goal's second y
+    groups = list(_classify("trace", pieces, correct))
+    assert len(groups) == len(numbers)
+    assert [g for g, _ in groups] == (["goal mark"] + ["goal first"] * 3 + ["goal gripper"] + ["goal later"] * 3
+                                      + ["goal gripper", "hand mark"] + ["hand first"] * 3 + ["hand gripper"])
+    assert [g for g, ok in groups if not ok] == ["goal later"]
+    assert [g for g, _ in _classify("refer", ["Marks", " ", "3", ",", " ", "5", " and", " ", "2"], [True] * 9)] == ["mark"] * 3
+
+
+def test_bench_answers_reports_teacher_forced_accuracy_per_objective(dataset_dir, tmp_path):
+    import json
+
+    from magma_core.bench.answers import answer_accuracy, format_report
+    from magma_core.training.trainer import Trainer
+
+    config = TrainConfig(datasets=[str(dataset_dir)], out=str(tmp_path / "run"), model_overrides={**SMALL, "image_size": 128},
+                         marks="proposed", trace_steps=2, steps=1, batch_size=2, warmup_steps=1, save_every=100,
+                         trace_order="target_first", inference_marks=2)
+    checkpoint = Trainer(config, progress=False).train().checkpoint
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(config.to_dict()))
+    report = answer_accuracy(str(checkpoint), str(path), ("trace", "refer"), examples=3)
+    trace, refer = report["trace"], report["refer"]
+    assert trace["examples"] == 3 and {"goal mark", "goal first", "hand later", "hand gripper"} <= set(trace["groups"])
+    for name, (right, total) in trace["counts"].items():
+        assert 0 <= right <= total and trace["groups"][name] == round(right / total, 4)
+    assert trace["counts"]["hand first"][1] == 3 * 3  # x, y and depth of the hand's first step, per example
+    assert set(refer["groups"]) == {"mark"} and 0.0 <= refer["exact"] <= 1.0
+    assert "trace" in format_report(report) and "refer" in format_report(report)
+    with pytest.raises(InvalidInputError, match="objectives"):
+        answer_accuracy(str(checkpoint), str(path), ("poetry",))
