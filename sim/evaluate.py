@@ -158,11 +158,13 @@ def run_episode(env, policy: Any, seed: int, follower: TraceFollower, record: bo
     frames, drawn = [], []
     invalid = 0
     while True:
-        output = policy.infer(obs, info) if privileged else policy.infer(obs)
+        output = None
         try:
+            output = policy.infer(obs, info) if privileged else policy.infer(obs)
             command = command_from_output(output, obs, follower)
         except InvalidInputError:
-            invalid += 1  # as on the robot: an unusable output makes the arm hold still
+            # As on the robot: an unparsable model output or an unusable command makes the arm hold still.
+            invalid += 1
             command = _hold_still(obs, info)
         if record:
             frames.append(obs["rgb"])

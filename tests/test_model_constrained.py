@@ -91,22 +91,33 @@ def test_mark_id_set_and_marker_text_mode():
     assert grammar.walk(grammar.initial_state(), "<trace_start>Mark 12: [(1,2)]\nMark 3: [(4,5)]\n") is None
 
 
-def test_anchors_pin_a_marks_first_step_and_not_first_orders_the_marks():
-    """Goal-first decoding: a trace starts at its mark's listed (x, y, depth bin); the gripper comes second."""
-    grammar = TraceGrammar(expect_steps=2, expect_25d=True, mark_ids=frozenset({1, 4}), anchors={4: (12, 130, 77), 1: (9, 8, 7)},
-                           not_first=frozenset({1}))
+def test_anchors_pin_a_marks_first_step_and_final_mark_makes_the_answer_goal_first():
+    """Goal-first decoding: a trace starts at its mark's listed (x, y, depth bin); one goal, then the gripper, then the end."""
+    grammar = TraceGrammar(expect_steps=2, expect_25d=True, mark_ids=frozenset({1, 4, 6}), anchors={4: (12, 130, 77), 1: (9, 8, 7)},
+                           final_mark=1)
     assert _accepts(grammar, "Mark 4: [(12,130,77,0),(40,41,42,1)]\nMark 1: [(9,8,7,1),(12,130,77,1)]")
     for wrong in ("Mark 4: [(12,131,77,0),(1,1,1,0)]", "Mark 4: [(1,130,77,0),(1,1,1,0)]", "Mark 4: [(12,130,7,0),(1,1,1,0)]",
-                  "Mark 1: [(9,8,7,0),(1,1,1,0)]"):
+                  "Mark 1: [(9,8,7,0),(1,1,1,0)]", "Mark 4: [(12,130,77,0),(1,1,1,0)]\nMark 6: [(1,1,1,0),(1,1,1,0)]"):
         assert not _accepts(grammar, wrong), wrong
     state = grammar.walk(grammar.initial_state(start_marker_done=True), "Mark 4: [(1")
     assert grammar.step(state, "2") is not None and grammar.step(state, "3") is None and grammar.step(state, ",") is None
-    # Later steps and the gripper field are free; budgets still count the pinned text.
+    # One trace is not an answer: no end marker after it; after the gripper's, no third mark.
+    one = grammar.walk(grammar.initial_state(start_marker_done=True), "Mark 6: [(0,0,0,0),(0,0,0,0)]")
+    assert one.phase == Phase.AFTER_MARK and grammar.after_end_marker(one) is None
+    two = grammar.walk(one, "\nMark 1: [(9,8,7,0),(0,0,0,0)]")
+    assert grammar.after_end_marker(two) is not None and grammar.step(two, "\n") is None
+    # Budgets count the gripper's trace still to come.
+    start = grammar.initial_state(start_marker_done=True)
+    assert grammar.min_chars_to_close(one) == len("\nMark 1: [(0,0,0,0),(0,0,0,0)]")
+    assert grammar.min_chars_to_close(start) == len("Mark 4: [(0,0,0,0),(0,0,0,0)]\nMark 1: [(0,0,0,0),(0,0,0,0)]")
+    # Later steps and the gripper field are free.
     assert _accepts(grammar, "Mark 4: [(12,130,77,1),(0,0,0,0)]\nMark 1: [(9,8,7,0),(255,255,99,1)]")
     assert TraceGrammar(anchors={4: (1, 2)}).anchors == ((4, (1, 2)),) and hash(grammar)
     for bad in ({4: (1, 2, 3, 4)}, {4: (300, 2)}, {4: ("x", 2)}):
         with pytest.raises(InvalidInputError, match="anchor"):
             TraceGrammar(expect_25d=True, anchors=bad)
+    with pytest.raises(InvalidInputError, match="final_mark"):
+        TraceGrammar(mark_ids=frozenset({1}), final_mark=1)
 
 
 def test_min_tokens_is_exact_for_the_shortest_completion():

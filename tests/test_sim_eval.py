@@ -216,6 +216,18 @@ def test_unusable_outputs_hold_the_arm_still():
     assert report.episodes[0].invalid_steps == 6
     assert np.linalg.norm(policy.last[:3] - [0.43, 0.0, 0.40]) < 0.01  # still at home
 
+    class Unparsable(Mute):
+        def infer(self, obs):
+            from magma_core.model import UnparsableOutputError
+
+            self.last = obs["ee_pose"]
+            raise UnparsableOutputError("the model traced marks [2] but not the gripper (mark 1)")
+
+    policy = Unparsable()  # a model output that does not parse: the episode goes on with the arm held
+    report = evaluate(policy, "stack", episodes=1, config=EvalConfig(max_steps=5))
+    assert report.episodes[0].invalid_steps == 5 and report.episodes[0].length == 5
+    assert np.linalg.norm(policy.last[:3] - [0.43, 0.0, 0.40]) < 0.01
+
 
 def test_video_plot_and_json_via_the_cli(tmp_path, capsys):
     import cv2

@@ -9,7 +9,7 @@ and enforces the parser's rules as it goes: coordinates below the grid size, dep
 `n_depth_bins`, gripper 0/1, no leading zeros, unique mark ids (optionally from a given set), one
 arity (2D or 2.5D) for every step, the same step count for every mark, at most `max_marks` marks.
 
-`not_first` keeps some ids out of the first trace (a goal-first answer writes the gripper second).
+`final_mark` makes the answer goal-first: exactly one other mark, then this one (the gripper), then the end.
 `anchors` (mark id -> leading fields of its first step, e.g. the (x, y, depth bin) a mark's prompt line
 lists) pins where a trace starts: after ``Mark k: [(`` only mark k's anchored values may be written, so
 a decoder writes them without asking the model (training anchors goal-first traces the same way).
@@ -74,7 +74,7 @@ class TraceGrammar:
     max_mark_id: int = 999
     markers_as_text: bool = False
     anchors: tuple = ()  # ((mark id, (x, y[, depth bin])), ...): a dict is accepted and stored sorted
-    not_first: frozenset = frozenset()  # ids that may not be the first mark (goal-first answers: the gripper)
+    final_mark: int | None = None  # goal-first: one other mark, then this one, then the end (needs mark_ids)
 
     def __post_init__(self) -> None:
         for name in ("grid", "n_depth_bins", "max_marks", "max_steps"):
@@ -95,10 +95,10 @@ class TraceGrammar:
                 raise InvalidInputError(f"mark_ids must be a non-empty set of ids in [0, {self.max_mark_id}], got {sorted(ids)}")
             object.__setattr__(self, "mark_ids", ids)
         object.__setattr__(self, "anchors", self._checked_anchors(self.anchors))
-        try:
-            object.__setattr__(self, "not_first", frozenset(int(i) for i in self.not_first))
-        except (TypeError, ValueError) as exc:
-            raise InvalidInputError(f"not_first must be a set of mark ids, got {self.not_first!r}") from exc
+        if self.final_mark is not None:
+            if self.mark_ids is None or self.final_mark not in self.mark_ids or len(self.mark_ids) < 2 or self.max_marks < 2:
+                raise InvalidInputError(f"final_mark {self.final_mark!r} needs mark_ids holding it and another id, and "
+                                        f"max_marks >= 2 (got mark_ids {self.mark_ids}, max_marks {self.max_marks})")
         object.__setattr__(self, "_anchor_map", dict(self.anchors))  # not a field: lookups per character
 
     def _checked_anchors(self, anchors) -> tuple:
@@ -135,7 +135,7 @@ class TraceGrammar:
 
     def after_end_marker(self, state: TraceState) -> TraceState | None:
         """Consume the end marker token (special-token mode); allowed once a mark is closed."""
-        if state.phase != Phase.AFTER_MARK:
+        if state.phase != Phase.AFTER_MARK or not self._closing_allowed(state):
             return None
         return state._replace(phase=Phase.END)
 
@@ -158,7 +158,7 @@ class TraceGrammar:
         if phase == Phase.AFTER_MARK:
             if char == "\n" and self._can_add_mark(state):
                 return state._replace(phase=Phase.LITERAL, literal=MARK_PREFIX, then=Phase.MARK_ID)
-            if self.markers_as_text and char == TRACE_END[0]:
+            if self.markers_as_text and char == TRACE_END[0] and self._closing_allowed(state):
                 return state._replace(phase=Phase.LITERAL, literal=TRACE_END[1:], then=Phase.END)
             return None
         return None  # START, END, DONE take tokens, not characters
@@ -173,7 +173,18 @@ class TraceGrammar:
     # ------------------------------------------------------------------ budget
 
     def min_chars_to_close(self, state: TraceState) -> int:
-        """Fewest characters from `state` to a closed mark (where the end marker may follow); END/DONE -> 0."""
+        """Fewest characters from `state` to a closed mark where the end marker may follow; END/DONE -> 0."""
+        chars = self._chars_to_close_mark(state)
+        if self.final_mark is None or state.phase in (Phase.END, Phase.DONE) or (
+                state.phase == Phase.LITERAL and state.then == Phase.END):
+            return chars
+        closed = state.marks if state.phase == Phase.AFTER_MARK else state.marks + 1
+        if closed >= 2:
+            return chars
+        final = state._replace(marks=1)  # the one mark still missing is the final mark
+        return chars + 1 + self._chars_for_new_mark(final, MARK_PREFIX)
+
+    def _chars_to_close_mark(self, state: TraceState) -> int:
         phase = state.phase
         if phase in (Phase.AFTER_MARK, Phase.END, Phase.DONE):
             return 0
@@ -276,8 +287,15 @@ class TraceGrammar:
         return (self.grid, self.grid, self.n_depth_bins, 2)[field]
 
     def _unavailable(self, state: TraceState) -> frozenset:
-        """Ids the next mark may not take: those written, and before the first mark the `not_first` ones."""
-        return state.used | self.not_first if state.marks == 0 else state.used
+        """Ids the next mark may not take: those written; with `final_mark`, it first, then every other one."""
+        if self.final_mark is None:
+            return state.used
+        if state.marks == 0:
+            return state.used | {self.final_mark}
+        return state.used | (self.mark_ids - {self.final_mark})
+
+    def _closing_allowed(self, state: TraceState) -> bool:
+        return self.final_mark is None or state.marks >= 2
 
     def _pinned(self, state: TraceState) -> int | None:
         """The anchored value of the field being written (first step of an anchored mark), else None."""
@@ -295,7 +313,8 @@ class TraceGrammar:
         return self.mark_ids is None or mark_id in self.mark_ids
 
     def _can_add_mark(self, state: TraceState) -> bool:
-        return state.marks < self.max_marks and self._min_id_extension("", state.used) is not None  # marks >= 1 here
+        limit = 2 if self.final_mark is not None else self.max_marks
+        return state.marks < limit and self._min_id_extension("", self._unavailable(state)) is not None
 
     def _min_id_extension(self, prefix: str, used: frozenset) -> int | None:
         """Fewest digits to append to `prefix` for an allowed, unused id; None if impossible."""

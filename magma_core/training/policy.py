@@ -164,9 +164,11 @@ class MagmaPolicy:
         # model decides which marks and where they go, and never re-copies a position from its prompt.
         goal_first = self.trace_order == "target_first"
         anchors = positions if goal_first and positions is not None else ()
+        # Goal-first answers are one goal's trace and then the gripper's, as in training.
+        trace_ids = self._trace_mark_ids(marks)
+        final = GRIPPER_MARK_ID if goal_first and GRIPPER_MARK_ID in trace_ids and len(trace_ids) > 1 else None
         grammar = TraceGrammar(expect_steps=self.trace_steps + 1, expect_25d=True, n_depth_bins=self.depth_binning.n_bins,
-                               mark_ids=self._trace_mark_ids(marks), max_marks=min(self.max_marks, len(marks)), anchors=anchors,
-                               not_first=frozenset({GRIPPER_MARK_ID}) if goal_first and len(marks) > 1 else frozenset())
+                               mark_ids=trace_ids, max_marks=min(self.max_marks, len(marks)), anchors=anchors, final_mark=final)
         budget = 16 + grammar.max_marks * (8 + TOKENS_PER_STEP * (self.trace_steps + 1))
         prefix = ""
         gripper, gripper_cell = proposal.gripper, dict(marks).get(GRIPPER_MARK_ID)
