@@ -137,8 +137,9 @@ class TraceVocabulary:
             options = [(self.trace_start_id, grammar.after_start_marker(state))]
         else:
             options = self.trie.walk(grammar, state)
-            if state.phase == Phase.AFTER_MARK and not grammar.markers_as_text:
-                options.append((self.trace_end_id, grammar.after_end_marker(state)))
+            closed = grammar.after_end_marker(state) if state.phase == Phase.AFTER_MARK else None
+            if closed is not None and not grammar.markers_as_text:  # None: the grammar wants another mark first
+                options.append((self.trace_end_id, closed))
         ids = torch.tensor([token for token, _ in options], dtype=torch.long)
         costs = torch.tensor([grammar.min_tokens_to_finish(nxt) for _, nxt in options], dtype=torch.long)
         entry = (ids, costs, dict(options))
