@@ -151,9 +151,7 @@ def grounding_answer(mark_ids: Sequence[int]) -> str:
         raise InvalidInputError(f"grounding answer needs integer mark ids, got {mark_ids!r}") from exc
     if not ids or len(set(ids)) != len(ids) or min(ids) < 0:
         raise InvalidInputError(f"grounding answer needs distinct non-negative mark ids, got {list(mark_ids)!r}")
-    if len(ids) == 1:
-        return f"Mark {ids[0]}"
-    return "Marks " + ", ".join(str(i) for i in ids[:-1]) + f" and {ids[-1]}"
+    return f"Mark {ids[0]}" if len(ids) == 1 else "Marks " + _spoken_list([str(i) for i in ids])
 
 
 def trace_prompt(
@@ -197,9 +195,8 @@ def locate_prompt(marks: str, mark_ids: Sequence[int], variant: int = 0,
         raise InvalidInputError(f"locate needs integer mark ids, got {mark_ids!r}") from exc
     if not ids or len(set(ids)) != len(ids):
         raise InvalidInputError(f"locate needs distinct mark ids, got {list(mark_ids)!r}")
-    mark_list = ", ".join(str(i) for i in ids[:-1]) + (" and " if len(ids) > 1 else "") + str(ids[-1])
     return _pick(templates.locate, variant, "locate").format(
-        image=IMAGE_TOKEN, marks=_marks_block(marks), mark_list=mark_list, step_format=STEP_FORMAT_25D)
+        image=IMAGE_TOKEN, marks=_marks_block(marks), mark_list=_spoken_list([str(i) for i in ids]), step_format=STEP_FORMAT_25D)
 
 
 def refer_prompt(marks: str, things: Sequence[str], variant: int = 0, templates: PromptTemplates = DEFAULT_TEMPLATES) -> str:
@@ -208,8 +205,7 @@ def refer_prompt(marks: str, things: Sequence[str], variant: int = 0, templates:
     names = [" ".join(str(t).split()) for t in things]
     if not names or any(not n or any(c in n for c in "<>[]\n;") for n in names):
         raise InvalidInputError(f"refer needs non-empty plain names, got {list(things)!r}")
-    listed = ", ".join(names[:-1]) + (" and the " if len(names) > 1 else "") + names[-1]
-    return _pick(templates.refer, variant, "refer").format(image=IMAGE_TOKEN, marks=_marks_block(marks), things=listed)
+    return _pick(templates.refer, variant, "refer").format(image=IMAGE_TOKEN, marks=_marks_block(marks), things=_spoken_list(names))
 
 
 def action_prompt(instruction: str, variant: int = 0, templates: PromptTemplates = DEFAULT_TEMPLATES) -> str:
@@ -233,6 +229,11 @@ def _marks_block(marks) -> str:
                 raise InvalidInputError(f"the mark list contains the special token {token}")
         return marks
     return encode_marks(marks)
+
+
+def _spoken_list(items: Sequence[str]) -> str:
+    """"a", "a and b", "a, b and c"."""
+    return items[0] if len(items) == 1 else ", ".join(items[:-1]) + f" and {items[-1]}"
 
 
 def _as_mark_id(value) -> int:

@@ -45,8 +45,9 @@ def answer_accuracy(checkpoint: str, config_path: str, objectives=OBJECTIVES, ex
     import torch
 
     from magma_core.model import MagmaForConditionalGeneration, MagmaProcessor
+    from magma_core.model.constrained import token_texts
     from magma_core.training.config import load_config
-    from magma_core.training.mixture import TrainingMixture
+    from magma_core.training.mixture import TrainingMixture, load_source
 
     if examples < 1:
         raise InvalidInputError(f"examples must be >= 1, got {examples}")
@@ -56,12 +57,13 @@ def answer_accuracy(checkpoint: str, config_path: str, objectives=OBJECTIVES, ex
     model = MagmaForConditionalGeneration.from_pretrained(checkpoint).eval()
     processor = MagmaProcessor.from_pretrained(checkpoint)
     base = load_config(config_path)
-    texts = _token_texts(processor)
+    texts = [text or "" for text in token_texts(processor.tokenizer)]  # special tokens: no text
+    sources = [load_source(spec.path, spec.weight, spec.stride) for spec in base.datasets]  # read once, for every objective
     report = {}
     for objective in objectives:
         config = base.replace(objectives={objective: 1.0}, color_jitter=0.0, max_shift_px=0)
         try:
-            mixture = TrainingMixture.from_config(config, processor.vocab_size)
+            mixture = TrainingMixture(sources, config, processor.vocab_size, depth_binning=config.make_depth_binning())
         except InvalidInputError as exc:
             report[objective] = {"error": str(exc)}
             continue
@@ -98,11 +100,6 @@ def answer_accuracy(checkpoint: str, config_path: str, objectives=OBJECTIVES, ex
             "counts": {name: [t.right, t.total] for name, t in sorted(groups.items())},
         }
     return report
-
-
-def _token_texts(processor) -> list[str]:
-    tokenizer = processor.tokenizer
-    return [tokenizer.decode([i]) for i in range(processor.vocab_size)]
 
 
 def _classify(objective: str, pieces: list[str], correct: list[bool]):

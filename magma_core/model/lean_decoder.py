@@ -82,16 +82,9 @@ def check_lean_support(model) -> None:
 
 def merged_input_embeddings(model, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
                             image_grids: torch.Tensor | None = None) -> torch.Tensor:
-    """(1, n, hidden) input embeddings with image features written over the image positions, as the model's forward builds them."""
-    image_token_id = model.config.image_token_id
-    placeholders = input_ids == image_token_id
-    # As in the model's forward: placeholder ids are looked up as 0, then the image features overwrite them.
-    embeds = model.get_input_embeddings()(input_ids.masked_fill(placeholders, 0))
-    if pixel_values is not None:
-        return model._merge_image_features(input_ids, embeds, pixel_values, image_grids)
-    if bool(placeholders.any()):
-        raise InvalidInputError("the text holds image positions but no pixel_values were given")
-    return embeds
+    """(1, n, hidden) input embeddings with image features written over the image positions: the model's own
+    `embed_inputs`, the path its forward takes."""
+    return model.embed_inputs(input_ids, pixel_values, image_grids)
 
 
 class _Layer:

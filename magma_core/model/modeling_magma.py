@@ -147,6 +147,20 @@ class MagmaForConditionalGeneration(MagmaPreTrainedModel, GenerationMixin):
             )
         return inputs_embeds.masked_scatter(placeholders.unsqueeze(-1), features.to(inputs_embeds.dtype))
 
+    def embed_inputs(self, input_ids: torch.Tensor, pixel_values: torch.Tensor | None = None,
+                     image_grids: torch.Tensor | None = None, prefill: bool = True) -> torch.Tensor:
+        """(batch, n, hidden) input embeddings of `input_ids` with the image features written over the image positions.
+
+        `prefill`: the text starts a sequence, so image positions without `pixel_values` are an error."""
+        placeholders = input_ids == self.config.image_token_id
+        # Placeholder ids are looked up as 0: the image features overwrite them anyway.
+        embeds = self.get_input_embeddings()(input_ids.masked_fill(placeholders, 0))
+        if pixel_values is not None:
+            return self._merge_image_features(input_ids, embeds, pixel_values, image_grids)
+        if prefill and bool(placeholders.any()):
+            raise InvalidInputError("the text holds image positions but no pixel_values were given")
+        return embeds
+
     # ------------------------------------------------------------------ forward
 
     def forward(
@@ -171,15 +185,9 @@ class MagmaForConditionalGeneration(MagmaPreTrainedModel, GenerationMixin):
         if labels is not None and use_cache is None:
             use_cache = False  # training: a KV cache would only cost memory
         if inputs_embeds is None:
-            # Placeholder ids are looked up as 0: the image features overwrite them anyway.
-            safe_ids = input_ids.masked_fill(input_ids == self.config.image_token_id, 0)
-            inputs_embeds = self.get_input_embeddings()(safe_ids)
-        if pixel_values is not None:
-            if input_ids is None:
-                raise InvalidInputError("pixel_values need input_ids to locate the image positions")
-            inputs_embeds = self._merge_image_features(input_ids, inputs_embeds, pixel_values, image_grids)
-        elif input_ids is not None and _is_prefill(cache) and bool((input_ids == self.config.image_token_id).any()):
-            raise InvalidInputError("the text holds image positions but no pixel_values were given")
+            inputs_embeds = self.embed_inputs(input_ids, pixel_values, image_grids, prefill=_is_prefill(cache))
+        elif pixel_values is not None:  # inputs_embeds without input_ids: nothing says where the image goes
+            raise InvalidInputError("pixel_values need input_ids to locate the image positions")
 
         outputs = self.language_model.model(
             inputs_embeds=inputs_embeds,

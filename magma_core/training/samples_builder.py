@@ -200,9 +200,9 @@ def build_grounding_proposed(sample: Sample, marks: list[DescribedMark], depth_b
     ids = match_trace_marks(sample, marks)
     if ids[OBJECT_TRACE] is None:
         return None
-    h, w = sample.rgb.shape[:2]
-    prompt = grounding_prompt(sample.instruction, marks_text(marks, w, h, depth_binning), variant=variant)
-    return TrainingItem("grounding", draw_marks(sample.rgb, mark_set(marks, w, h)), prompt,
+    image, listed = _drawn_and_listed(sample, marks, depth_binning)
+    prompt = grounding_prompt(sample.instruction, listed, variant=variant)
+    return TrainingItem("grounding", image, prompt,
                         answer=grounding_answer([ids[OBJECT_TRACE]]))
 
 
@@ -217,9 +217,9 @@ def build_trace_proposed(sample: Sample, marks: list[DescribedMark], trace_steps
     if order == "target_first":
         positions = listed_positions(marks, w, h, depth_binning)
         grid = [anchored_at_mark(t, positions[t.mark_id], depth_binning.n_bins) for t in grid]
-    prompt = trace_prompt(sample.instruction, marks_text(marks, w, h, depth_binning), trace_steps, with_depth=True,
-                          variant=variant)
-    return TrainingItem("trace", draw_marks(sample.rgb, mark_set(marks, w, h)), prompt, answer=trace_answer(grid, trace_steps, depth_binning.n_bins))
+    image, listed = _drawn_and_listed(sample, marks, depth_binning)
+    prompt = trace_prompt(sample.instruction, listed, trace_steps, with_depth=True, variant=variant)
+    return TrainingItem("trace", image, prompt, answer=trace_answer(grid, trace_steps, depth_binning.n_bins))
 
 
 def build_locate_proposed(sample: Sample, marks: list[DescribedMark], depth_binning: DepthBinning,
@@ -236,8 +236,8 @@ def build_locate_proposed(sample: Sample, marks: list[DescribedMark], depth_binn
     chosen = [int(marks[i].mark_id) for i in rng.permutation(len(marks))[:count]]
     closed = int(float(np.asarray(sample.gt_trace_gripper).reshape(-1)[0]) >= 0.5)
     traces = [GridTrace(i, np.array([positions[i][:2]]), np.array([positions[i][2]]), np.array([closed])) for i in chosen]
-    prompt = locate_prompt(marks_text(marks, w, h, depth_binning), chosen, variant=variant)
-    return TrainingItem("locate", draw_marks(sample.rgb, mark_set(marks, w, h)), prompt,
+    image, listed = _drawn_and_listed(sample, marks, depth_binning)
+    return TrainingItem("locate", image, locate_prompt(listed, chosen, variant=variant),
                         answer=trace_answer(traces, 0, depth_binning.n_bins))
 
 
@@ -257,9 +257,8 @@ def build_refer_proposed(sample: Sample, marks: list[DescribedMark], depth_binni
         return None
     count = int(rng.integers(1, min(max_marks, len(unique)) + 1))
     chosen = [unique[i] for i in rng.permutation(len(unique))[:count]]
-    h, w = sample.rgb.shape[:2]
-    prompt = refer_prompt(marks_text(marks, w, h, depth_binning), [name for name, _ in chosen], variant=variant)
-    return TrainingItem("refer", draw_marks(sample.rgb, mark_set(marks, w, h)), prompt,
+    image, listed = _drawn_and_listed(sample, marks, depth_binning)
+    return TrainingItem("refer", image, refer_prompt(listed, [name for name, _ in chosen], variant=variant),
                         answer=grounding_answer([mark_id for _, mark_id in chosen]))
 
 
@@ -272,6 +271,12 @@ def anchored_at_mark(trace: GridTrace, listed: tuple[int, int, int], n_depth_bin
     cells = np.clip(trace.cells - trace.cells[0] + np.array([x, y], dtype=np.int64), 0, GRID_SIZE - 1)
     bins = np.clip(trace.depth_bins - trace.depth_bins[0] + depth_bin, 0, n_depth_bins - 1)
     return GridTrace(trace.mark_id, cells, bins, trace.gripper)
+
+
+def _drawn_and_listed(sample: Sample, marks: list[DescribedMark], depth_binning: DepthBinning) -> tuple[np.ndarray, str]:
+    """The frame with the run-time marks drawn, and their prompt lines, as every proposed-marks sample shows them."""
+    h, w = sample.rgb.shape[:2]
+    return draw_marks(sample.rgb, mark_set(marks, w, h)), marks_text(marks, w, h, depth_binning)
 
 
 def _check_traces(sample: Sample) -> int:
