@@ -314,3 +314,18 @@ def test_action_deltas_chain_from_the_measured_pose():
     np.testing.assert_allclose(quat_to_matrix(poses[2, 3:]), rotvec_to_matrix([0, 0, 0.2]), atol=1e-12)
     np.testing.assert_array_equal(np.isnan(gripper), [True, False, False])
     assert gripper[2] == 1.0
+
+
+def test_a_plan_from_a_frame_before_the_gripper_settled_does_not_undo_the_switch():
+    f = WaypointFollower(gripper_settle_s=0.5)
+    assert f.set_plan(*_plan(0.40, 0.42, 0.44, gripper=np.array([0.0, 1.0, 1.0])), source_stamp_ns=NOW - 100_000_000)
+    f.step([0.40, 0, 0.3], NOW)
+    assert f.step([0.42, 0, 0.3], NOW).dwelling  # closes at 0.42 and dwells until NOW + 0.5 s
+    # A late plan from a frame taken while the fingers were still open would open them again: turned down.
+    late = _plan(0.42, 0.43, gripper=np.array([0.0, 0.0]))
+    assert not f.set_plan(*late, ee_position=[0.42, 0, 0.3], source_stamp_ns=NOW + 200_000_000)
+    cmd = f.step([0.42, 0, 0.3], NOW + 700_000_000)
+    assert cmd.gripper == 1.0 and cmd.target[0] == pytest.approx(0.44)  # the current plan goes on, still closed
+    # A frame taken after the switch settled shows the closed fingers: its plan is followed.
+    assert f.set_plan(*_plan(0.42, 0.50, gripper=np.array([1.0, 1.0])), source_stamp_ns=NOW + 600_000_000)
+    assert f.step([0.42, 0, 0.3], NOW + 800_000_000).target[0] == pytest.approx(0.50)

@@ -8,7 +8,9 @@ yet reached (plus ``lookahead`` steps) and advances, in order, when the end effe
 whose gripper state differs (within the tighter ``gripper_tolerance``: a grasp needs precision),
 and the arm then dwells there for ``gripper_settle_s`` so the fingers close (or open) before it
 moves on. During the dwell the gripper is locked: a new plan neither cuts the dwell short nor
-reverses the change (a plan computed from a frame taken just before the change would).
+reverses the change. A plan computed from a frame taken before the fingers settled (it arrives
+late when the machine is loaded) still sees the old gripper state and would undo the change, so
+`set_plan` turns down plans whose frame predates the end of the last switch (``source_stamp_ns``).
 """
 from __future__ import annotations
 
@@ -66,15 +68,18 @@ class WaypointFollower:
         self.index = 0
         self._dwell_until_ns = 0
         self._dwell_pose: np.ndarray | None = None
+        self.switch_settled_ns = 0  # when the last gripper switch ended: older frames show the old state
 
     @property
     def has_plan(self) -> bool:
         return self.poses is not None
 
-    def set_plan(self, poses: np.ndarray, gripper: np.ndarray | None = None, ee_position: np.ndarray | None = None) -> None:
+    def set_plan(self, poses: np.ndarray, gripper: np.ndarray | None = None, ee_position: np.ndarray | None = None,
+                 source_stamp_ns: int | None = None) -> bool:
         """Replace the plan: poses (N, 7) xyz + quat xyzw, row 0 being where the arm was at the frame;
         gripper (N,) in 0..1, NaN or None where the plan does not say (the command is kept).
-        Without `ee_position` following starts at step 1."""
+        Without `ee_position` following starts at step 1. Returns False (the plan is kept as it was)
+        when `source_stamp_ns`, the plan's frame time, is before the last gripper switch settled."""
         poses = np.asarray(poses, dtype=np.float64)
         if poses.ndim != 2 or poses.shape[1] != 7 or poses.shape[0] == 0:
             raise InvalidInputError(f"plan poses must have shape (N, 7) with N >= 1, got {poses.shape}")
@@ -86,11 +91,14 @@ class WaypointFollower:
                 raise InvalidInputError(f"plan has {poses.shape[0]} poses but {gripper.shape[0]} gripper values")
             # Unknown gripper steps keep whatever the arm is doing.
             gripper = np.where(np.isfinite(gripper), np.clip(gripper, 0.0, 1.0), np.nan)
+        if source_stamp_ns is not None and source_stamp_ns < self.switch_settled_ns:
+            return False
         self.poses, self.plan_gripper = poses, gripper
         if ee_position is None:
             self.index = 1 if poses.shape[0] > 1 else 0
         else:
             self.index = self._start_index(np.asarray(ee_position, dtype=np.float64)[:3])
+        return True
 
     def _start_index(self, ee: np.ndarray) -> int:
         positions = self.poses[:, :3]
@@ -142,6 +150,8 @@ class WaypointFollower:
             return False
         changed = self._changes_gripper(index)
         self.gripper = float(self.plan_gripper[index])
+        if changed:
+            self.switch_settled_ns = now_ns + self.settle_ns
         if changed and self.settle_ns > 0:
             self._dwell_until_ns = now_ns + self.settle_ns
             self._dwell_pose = self.poses[index].copy()

@@ -111,6 +111,7 @@ class ControllerNode(Node):
         self.plan_info: dict[str, object] = {}
         self._hold: tuple[str, str, str] | None = ("OK", "waiting", "waiting for a plan")  # (level, code, message)
         self.targets_published = 0
+        self.plans_outdated = 0
 
         self.target_pub = self.create_publisher(PoseStamped, "magma/target_pose", qos.LATEST)
         self.path_pub = self.create_publisher(Path, "magma/waypoints", qos.LATEST)
@@ -347,7 +348,10 @@ class ControllerNode(Node):
         self._set_plan(poses, gripper, stamp_ns, {"actions": len(actions)})
 
     def _set_plan(self, poses: np.ndarray, gripper: np.ndarray | None, stamp_ns: int, info: dict) -> None:
-        self.follower.set_plan(poses, gripper, ee_position=self._ee[0][:3] if self._ee is not None else None)
+        if not self.follower.set_plan(poses, gripper, ee_position=self._ee[0][:3] if self._ee is not None else None,
+                                      source_stamp_ns=stamp_ns):
+            self.plans_outdated += 1  # made before the gripper's last switch settled: keep the current plan
+            return
         self.plan_stamp_ns = stamp_ns
         self.plan_info = {**info, "length": len(poses)}
         self._hold = None
@@ -453,7 +457,7 @@ class ControllerNode(Node):
 
     def _state(self, level: str, code: str, message: str, extra: dict | None = None) -> None:
         values = {"code": code, "source": self.cfg["source"], "mode": self.cfg["mode"], "estop": self.gate.estop.engaged,
-                  "targets_published": self.targets_published, **self.plan_info, **(extra or {})}
+                  "targets_published": self.targets_published, "plans_outdated": self.plans_outdated, **self.plan_info, **(extra or {})}
         self.state_pub.publish(make_status("magma/controller", level, message, values))
 
 
