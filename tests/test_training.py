@@ -350,3 +350,33 @@ def test_cli_trains_and_resumes_with_overrides(dataset_dir, tmp_path, capsys):
     assert second["started_at_step"] == 0 and second["step"] == 1
     state = json.loads((tmp_path / "stage2" / "checkpoint" / "trainer_state.json").read_text())
     assert state["config"]["init_from"] == str(checkpoint)
+
+
+def test_export_writes_a_half_precision_policy_folder_that_runs_like_the_checkpoint(trained, sim_obs, tmp_path, capsys):
+    import torch
+    from safetensors import safe_open
+
+    from magma_core.cli import main as cli_main
+    from magma_core.model.export import export_checkpoint
+    from magma_core.model.safe_loading import CheckpointError
+    from magma_core.training.policy import MagmaPolicy
+
+    _, result = trained
+    out = tmp_path / "exported"
+    assert cli_main(["export", str(result.checkpoint), str(out), "--json"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["dtype"] == "float16" and "optimizer.safetensors" not in summary["files"]
+    assert not (out / "optimizer.safetensors").exists() and not (out / "trainer_state.json").exists()
+    full = (Path(result.checkpoint) / "model.safetensors").stat().st_size
+    assert (out / "model.safetensors").stat().st_size < 0.55 * full
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    original, exported = MagmaPolicy.from_pretrained(result.checkpoint), MagmaPolicy.from_pretrained(out)
+    assert next(exported.model.parameters()).dtype == torch.float32  # CPU inference runs in float32
+    for a, b in zip(original.model.parameters(), exported.model.parameters()):
+        assert torch.allclose(a, b, atol=2e-3, rtol=1e-3)
+    assert exported.infer(sim_obs)["trace"][0].mark_id == 1
+    assert cli_main(["export", str(result.checkpoint), str(out)]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    with pytest.raises(CheckpointError, match="lacks"):
+        export_checkpoint(tmp_path, tmp_path / "again")

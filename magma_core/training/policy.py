@@ -105,7 +105,11 @@ class MagmaPolicy:
             raise CheckpointError(f"cannot read {config_path}: {exc}") from exc
         if not isinstance(data, dict):
             raise CheckpointError(f"{config_path} must hold a JSON object")
-        model = MagmaForConditionalGeneration.from_pretrained(root, device=device)
+        # CPU inference runs in float32 whatever the weights were stored in (half-precision files halve the size).
+        import torch
+
+        dtype = torch.float32 if torch.device(device).type == "cpu" else None
+        model = MagmaForConditionalGeneration.from_pretrained(root, dtype=dtype, device=device)
         processor = MagmaProcessor.from_pretrained(root)
         processor.check_model_config(model.config)
         stats = data.get("action_stats")
