@@ -35,6 +35,8 @@ __all__ = [
     "grounding_answer",
     "trace_prompt",
     "trace_answer",
+    "goal_header",
+    "GOAL_HEADER_PREFIX",
     "locate_prompt",
     "refer_prompt",
     "action_prompt",
@@ -181,6 +183,22 @@ def trace_answer(grid_traces: Sequence[GridTrace], n_steps: int | None = None, n
             if gt.length != n_steps + 1:
                 raise InvalidInputError(f"mark {gt.mark_id} has {gt.length} steps; the prompt asks for now + {n_steps}")
     return encode_traces(grid_traces, with_markers=True, n_depth_bins=n_depth_bins or DEFAULT_N_DEPTH_BINS)
+
+
+GOAL_HEADER_PREFIX = "Goal: "
+
+
+def goal_header(description: str) -> str:
+    """The line a goal-first trace answer may open with: "Goal: red block 4cm\n", the listed description of the
+    mark the hand heads for, written before its trace block.
+
+    Naming the goal in words first turns grounding into copying: the colour and shape come from the
+    instruction and the mark list, and the mark number then follows from the description (at run
+    time only listed descriptions are considered, and the chosen one fixes the mark)."""
+    text = " ".join(str(description).split())
+    if not text or any(c in text for c in "<>[]\n"):
+        raise InvalidInputError(f"a goal description must be plain non-empty text, got {description!r}")
+    return f"{GOAL_HEADER_PREFIX}{text}\n"
 
 
 def locate_prompt(marks: str, mark_ids: Sequence[int], variant: int = 0,

@@ -94,6 +94,9 @@ def test_shipped_config_is_valid():
     stage2 = load_config("configs/train_tiny_finetune.yaml")
     assert stage2.init_from.endswith("runs/magma-tiny/checkpoint") and stage2.objective_weights == config.objective_weights
     assert stage2.objective_weights["locate"] > 0 and stage2.trace_order == config.trace_order == "target_first"
+    goal = load_config("configs/train_tiny_goal.yaml")
+    assert goal.goal_header and not config.goal_header and goal.init_from.endswith("runs/magma-tiny/checkpoint")
+    assert goal.objective_weights["trace"] > config.objective_weights["trace"] and goal.marks == "proposed"
 
 
 # ------------------------------------------------------------------ samples

@@ -323,3 +323,75 @@ def test_bench_answers_reports_teacher_forced_accuracy_per_objective(dataset_dir
     assert "trace" in format_report(report) and "refer" in format_report(report)
     with pytest.raises(InvalidInputError, match="objectives"):
         answer_accuracy(str(checkpoint), str(path), ("poetry",))
+
+
+def test_goal_header_opens_a_goal_first_answer_with_the_goal_marks_listed_description(source):
+    from magma_core.prompts import goal_header
+
+    binning = BINNING
+    checked = 0
+    for sample in source.samples[::3]:
+        marks = propose_for_sample(sample)
+        if marks is None:
+            continue
+        plain = build_trace_proposed(sample, marks, trace_steps=2, trace_stride=5, depth_binning=binning, order="target_first")
+        item = build_trace_proposed(sample, marks, trace_steps=2, trace_stride=5, depth_binning=binning, order="target_first",
+                                    with_goal_header=True)
+        parsed = parse_traces_strict(plain.answer, expect_25d=True, expect_steps=3)
+        if parsed[0].mark_id == 1:  # no goal was proposed: no goal line either
+            assert item.answer == plain.answer
+            continue
+        text = {m.mark_id: m.text for m in marks}[parsed[0].mark_id]
+        assert item.answer == goal_header(text) + plain.answer and item.prompt == plain.prompt
+        line = [ln for ln in item.prompt.splitlines() if ln.startswith(f"Mark {parsed[0].mark_id}:")]
+        assert line and line[0].endswith(text), "the goal line repeats the mark's own description from the prompt"
+        checked += 1
+    assert checked >= 3
+    assert goal_header(" red  block 4cm ") == "Goal: red block 4cm\n"
+    for bad in ("", "a [b]", "<image> x"):
+        with pytest.raises(InvalidInputError, match="goal description"):
+            goal_header(bad)
+    with pytest.raises(InvalidInputError, match="goal_header"):
+        TrainConfig(datasets=["x"], goal_header=True, trace_order="gripper_first", marks="proposed")
+    with pytest.raises(InvalidInputError, match="goal_header"):
+        TrainConfig(datasets=["x"], goal_header=True, trace_order="target_first", inference_marks=2)
+
+
+def test_goal_header_policy_ranks_listed_descriptions_and_traces_the_best(dataset_dir, tmp_path):
+    import torch
+
+    from magma_core.model.fast_decode import score_continuations
+
+    policy, obs = _trained_policy_and_obs(dataset_dir, tmp_path, trace_stride=5, trace_order="target_first",
+                                          inference_marks=2, goal_header=True, objectives={"trace": 1.0})
+    assert policy.goal_header
+    out = policy.infer(obs)
+    scores = out["goal_scores"]
+    assert scores and 1 not in scores and set(scores) <= set(out["marks"].ids) - {1}
+    assert out["target_object"] == max(scores, key=scores.get)  # the best-ranked description fixes the goal mark
+    assert [t.mark_id for t in out["trace"]] == [1, out["target_object"]]
+    # The shared-prefix scoring equals scoring each continuation with a full forward pass.
+    batch = policy.processor([obs["rgb"]], ["<image>\nWhich mark?"])
+    tokenizer = policy.processor.tokenizer
+    conts = [tokenizer.encode(t, add_special_tokens=False) for t in ("Goal: red block 4cm\n", "Goal: blue flat 9cm\n")]
+    fast = score_continuations(policy.model, batch, conts)
+    for cont, got in zip(conts, fast):
+        ids = torch.cat([batch["input_ids"], torch.tensor([cont])], dim=1)
+        with torch.inference_mode():
+            logits = policy.model(input_ids=ids, attention_mask=torch.ones_like(ids), pixel_values=batch["pixel_values"],
+                                  image_grids=batch.get("image_grids")).logits[0].float()
+        logp = torch.log_softmax(logits, dim=-1)
+        n = batch["input_ids"].shape[1]
+        full = sum(float(logp[n - 1 + i, t]) for i, t in enumerate(cont))
+        assert got == pytest.approx(full, abs=1e-3)
+    with pytest.raises(InvalidInputError, match="non-empty"):
+        score_continuations(policy.model, batch, [[]])
+
+
+def test_answer_classes_count_a_goal_line_apart_from_the_numbers():
+    from magma_core.bench.answers import _classify
+
+    pieces = ["Goal", ":", " red", " block", " ", "4", "cm", "\n", "<trace_start>", "Mark", " ", "4", ":", " [(", "12", ",",
+              "130", ",", "77", ",", "0", ")]", "\n", "Mark", " ", "1", ":", " [(", "9", ",", "8", ",", "7", ",", "0", ")]"]
+    groups = [g for g, _ in _classify("trace", [p if p != "<trace_start>" else "" for p in pieces], [True] * len(pieces))]
+    assert groups[:6] == ["goal header"] * 6 and groups[6] == "goal mark" and "goal first" in groups

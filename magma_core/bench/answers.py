@@ -10,7 +10,8 @@ prefix is compared with the next true token. Number tokens are grouped by what t
 - ``later`` the following steps' x, y, depth (for a trace: where the mark goes);
 - ``gripper`` the open/close flags.
 
-A trace answer's groups are split by whose trace it is: ``hand`` (mark 1) or ``goal`` (the other mark).
+A trace answer's groups are split by whose trace it is: ``hand`` (mark 1) or ``goal`` (the other mark);
+``goal header`` counts every token of a goal line ("Goal: red block 4cm") that opens the answer.
 ``exact`` is the fraction of answers with every token right.
 """
 from __future__ import annotations
@@ -106,8 +107,14 @@ def _classify(objective: str, pieces: list[str], correct: list[bool]):
     """(group name, right?) for every number token of one answer, given its token texts in order."""
     owner, step, field, after_mark = "", -1, 0, False
     id_list = objective in ("grounding", "refer")
+    header = objective == "trace"  # a goal line ("Goal: red block 4cm") may come before the first mark
     for piece, ok in zip(pieces, correct):
         text = piece.strip()
+        if header and text not in ("Mark", "Marks"):
+            if text and not (text.startswith("<") and text.endswith(">")):  # a marker token is not a header word
+                yield "goal header", ok
+            continue
+        header = False
         if text in ("Mark", "Marks"):
             step, after_mark = -1, True
             continue

@@ -284,6 +284,36 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
     return torch.tensor([answer], dtype=torch.long)
 
 
+def score_continuations(model, batch: dict, continuations: list[list[int]], backend: str = "auto") -> list[float]:
+    """Log-likelihood (summed over tokens) of each continuation of ONE prompt, the prompt run once.
+
+    The prompt and the continuations' common prefix are fed once; each continuation's own tokens are then fed
+    on the shared KV cache and cropped away again, so N short candidates cost one prefill and N small calls."""
+    if backend not in BACKENDS:
+        raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    if not continuations or any(not list(c) for c in continuations):
+        raise InvalidInputError("score_continuations needs one or more non-empty continuations")
+    conts = [[int(t) for t in c] for c in continuations]
+    prompt = _single_prompt(batch)
+    common = 0
+    while all(len(c) > common + 1 and c[common] == conts[0][common] for c in conts):
+        common += 1  # every continuation keeps at least one token of its own
+    runner = _model_runner(model, batch, backend, capacity=len(prompt) + max(len(c) for c in conts))
+    with torch.inference_mode():
+        rows = torch.log_softmax(runner.feed(prompt + conts[0][:common], logits_to_keep=common + 1).float(), dim=-1)
+        shared = float(sum(rows[i, conts[0][i]] for i in range(common)))
+        scores = []
+        for cont in conts:
+            rest = cont[common:]
+            score = shared + float(rows[common, rest[0]])
+            if len(rest) > 1:
+                own = torch.log_softmax(runner.feed(rest[:-1], logits_to_keep=len(rest) - 1).float(), dim=-1)
+                score += float(sum(own[i, rest[i + 1]] for i in range(len(rest) - 1)))
+                runner.crop_last(len(rest) - 1)
+            scores.append(score)
+    return scores
+
+
 # ---------------------------------------------------------------------- model runners
 # Both feed tokens to the model after what it has seen, return the logits rows after the last
 # `logits_to_keep` of them, and forget the last k tokens. The first feed holds the prompt (images).
@@ -447,4 +477,4 @@ def _remember(cache: OrderedDict, key, value) -> None:
         cache.popitem(last=False)
 
 
-__all__ = ["BACKENDS", "greedy_trace_ids", "trace_start_prefix"]
+__all__ = ["BACKENDS", "greedy_trace_ids", "score_continuations", "trace_start_prefix"]

@@ -98,6 +98,9 @@ class TrainConfig:
     # (the mark the gripper heads for, the object before the grasp and the place while holding it, then the
     # gripper): the model names and copies its goal before it plans the hand's path to it.
     trace_order: str = "gripper_first"
+    # Goal-first trace answers open with "Goal: <the goal mark's listed description>" (prompts.goal_header); at run
+    # time the policy ranks the listed descriptions by the model's likelihood and the best one fixes the goal mark.
+    goal_header: bool = False
     # A local checkpoint folder to start from (this project's, or a copy of microsoft/Magma-8B); then `model`
     # and model_overrides build nothing: the checkpoint's own config decides the shapes.
     init_from: str | None = None
@@ -160,6 +163,9 @@ class TrainConfig:
         if self.trace_order == "target_first" and self.inference_marks < 2:
             raise InvalidInputError("trace_order target_first writes the target's trace before the gripper's: "
                                     "set inference_marks to 2")
+        if self.goal_header and (self.trace_order != "target_first" or self.marks != "proposed"):
+            raise InvalidInputError("goal_header names the goal by its listed description: it needs "
+                                    "trace_order: target_first and marks: proposed")
         for name in ("locate", "refer"):
             if self.objective_weights[name] > 0 and self.marks != "proposed":
                 raise InvalidInputError(f"the {name} objective lists run-time marks: it needs marks: proposed")

@@ -131,7 +131,8 @@ class TrainingMixture:
                 if item is not None:
                     return item
             return build_trace_proposed(sample, marks, self.config.trace_steps, self.config.trace_stride, self.depth_binning,
-                                        variant=int(rng.integers(len(DEFAULT_TEMPLATES.trace))), order=self.config.trace_order)
+                                        variant=int(rng.integers(len(DEFAULT_TEMPLATES.trace))), order=self.config.trace_order,
+                                        with_goal_header=self.config.goal_header)
         ids = mark_ids_for(sample, rng, self.config.object_id_range)
         if objective == "grounding":
             return build_grounding(sample, ids, variant=int(rng.integers(len(DEFAULT_TEMPLATES.grounding))))

@@ -52,6 +52,7 @@ def write_policy_files(directory: str | os.PathLike, config, action_stats: Actio
         "marks": config.marks,
         "inference_marks": config.inference_marks,
         "trace_order": config.trace_order,
+        "goal_header": bool(getattr(config, "goal_header", False)),
     }
     (directory / POLICY_CONFIG_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
@@ -62,7 +63,7 @@ class MagmaPolicy:
     def __init__(self, model, processor, mode: str = "trace", trace_steps: int = 4, trace_stride: int = 1,
                  depth_binning: DepthBinning = DepthBinning(), action_stats: ActionNormStats | None = None,
                  proposal: ProposalConfig = ProposalConfig(), max_marks: int = 2, marks: str = "ground_truth",
-                 trace_order: str = "gripper_first") -> None:
+                 trace_order: str = "gripper_first", goal_header: bool = False) -> None:
         if mode not in MODES:
             raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(trace_steps, bool) or not isinstance(trace_steps, int) or trace_steps < 1:
@@ -87,6 +88,10 @@ class MagmaPolicy:
             raise InvalidInputError("a target_first checkpoint writes its target's trace before the gripper's: max_marks must be >= 2")
         # target_first: the model names and traces the mark it heads for, then the gripper's path to it.
         self.trace_order = trace_order
+        if goal_header and (trace_order != "target_first" or marks != "proposed"):
+            raise InvalidInputError("goal_header needs trace_order target_first and marks proposed (as in training)")
+        # The checkpoint opens its answers with the goal's listed description: rank those, then trace the best.
+        self.goal_header = bool(goal_header)
         self.action_tokenizer = ActionTokenizer(processor.vocab_size, action_stats) if action_stats is not None else None
 
     @classmethod
@@ -125,6 +130,7 @@ class MagmaPolicy:
                 max_marks=int(data.get("inference_marks", 2)),
                 marks=str(data.get("marks", "ground_truth")),
                 trace_order=str(data.get("trace_order", "gripper_first")),
+                goal_header=bool(data.get("goal_header", False)),
             )
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{config_path} is malformed: {exc}") from exc
@@ -156,7 +162,7 @@ class MagmaPolicy:
         if not marks:
             raise UnparsableOutputError("no marks were proposed in this observation; nothing to plan for")
         image = draw_marks(np.asarray(obs["rgb"]), proposal.marks)
-        listed, positions = marks, None
+        listed, positions, described = marks, None, None
         if self.marks_format == "proposed":
             opening = obs.get("gripper")
             described = describe_proposal(proposal, None if opening is None else float(np.asarray(opening).reshape(-1)[0]))
@@ -170,6 +176,12 @@ class MagmaPolicy:
         anchors = positions if goal_first and positions is not None else ()
         # Goal-first answers are one goal's trace and then the gripper's, as in training.
         trace_ids = self._trace_mark_ids(marks)
+        goal_scores = None
+        if self.goal_header and goal_first and described is not None and GRIPPER_MARK_ID in trace_ids:
+            candidates = [m for m in described if m.mark_id != GRIPPER_MARK_ID and m.mark_id in trace_ids]
+            if candidates:
+                batch, goal, goal_scores = self._choose_goal(batch, candidates)
+                trace_ids = frozenset({goal, GRIPPER_MARK_ID})
         final = GRIPPER_MARK_ID if goal_first and GRIPPER_MARK_ID in trace_ids and len(trace_ids) > 1 else None
         grammar = TraceGrammar(expect_steps=self.trace_steps + 1, expect_25d=True, n_depth_bins=self.depth_binning.n_bins,
                                mark_ids=trace_ids, max_marks=min(self.max_marks, len(marks)), anchors=anchors, final_mark=final)
@@ -203,7 +215,28 @@ class MagmaPolicy:
             "phase": "model",
             "gripper_mark": GRIPPER_MARK_ID,
             "proposal": proposal,
+            "goal_scores": goal_scores,
         }
+
+    def _choose_goal(self, batch: dict, candidates) -> tuple[dict, int, dict[int, float]]:
+        """Rank the candidates' goal lines ("Goal: red block 4cm") by the model's likelihood after the prompt;
+        returns the batch extended with the best line and the trace start marker, its mark id and every score."""
+        import torch
+
+        from magma_core.model.fast_decode import score_continuations
+        from magma_core.prompts import TRACE_START, goal_header
+
+        tokenizer = self.processor.tokenizer
+        lines = [tokenizer.encode(goal_header(m.text), add_special_tokens=False) for m in candidates]
+        scores = score_continuations(self.model, batch, lines)
+        best = int(np.argmax(scores))
+        start_id = tokenizer.convert_tokens_to_ids(TRACE_START)
+        extra = torch.tensor([lines[best] + [int(start_id)]], dtype=torch.long)
+        ids = torch.as_tensor(batch["input_ids"])
+        mask = torch.as_tensor(batch.get("attention_mask", torch.ones_like(ids)))
+        extended = {**batch, "input_ids": torch.cat([ids, extra.to(ids.device)], dim=1),
+                    "attention_mask": torch.cat([mask, torch.ones_like(extra).to(mask.device)], dim=1)}
+        return extended, int(candidates[best].mark_id), {int(m.mark_id): float(v) for m, v in zip(candidates, scores)}
 
     def _trace_mark_ids(self, marks) -> frozenset[int]:
         ids = frozenset(m for m, _ in marks)

@@ -35,7 +35,7 @@ from magma_core.codecs.trace_text import DepthBinning, GridTrace, grid_traces_fr
 from magma_core.data.samples import Sample
 from magma_core.errors import InvalidInputError
 from magma_core.grid import GRID_SIZE, pixels_to_grid
-from magma_core.prompts import (action_answer_ids, action_prompt, grounding_answer, grounding_prompt, locate_prompt, refer_prompt,
+from magma_core.prompts import (action_answer_ids, action_prompt, goal_header, grounding_answer, grounding_prompt, locate_prompt, refer_prompt,
                                 trace_answer, trace_prompt)
 from magma_core.som.draw import draw_marks
 from magma_core.som.describe import DescribedMark, describe_proposal, listed_positions, mark_set, marks_text, nearest_mark
@@ -207,9 +207,11 @@ def build_grounding_proposed(sample: Sample, marks: list[DescribedMark], depth_b
 
 
 def build_trace_proposed(sample: Sample, marks: list[DescribedMark], trace_steps: int, trace_stride: int,
-                         depth_binning: DepthBinning, variant: int = 0, order: str = "gripper_first") -> TrainingItem:
+                         depth_binning: DepthBinning, variant: int = 0, order: str = "gripper_first",
+                         with_goal_header: bool = False) -> TrainingItem:
     """Trace-of-Mark planning on run-time marks: the gripper's trace and its object's or goal's (in `order`),
-    leaving out a trace whose mark was not proposed."""
+    leaving out a trace whose mark was not proposed. `with_goal_header` (target_first): the answer opens with the
+    goal mark's listed description (`goal_header`)."""
     ids = match_trace_marks(sample, marks)
     grid = gt_grid_traces(sample, [i if i is not None else 0 for i in ids], trace_steps, trace_stride, depth_binning,
                           indices=answer_trace_indices(sample, ids, order))
@@ -219,7 +221,11 @@ def build_trace_proposed(sample: Sample, marks: list[DescribedMark], trace_steps
         grid = [anchored_at_mark(t, positions[t.mark_id], depth_binning.n_bins) for t in grid]
     image, listed = _drawn_and_listed(sample, marks, depth_binning)
     prompt = trace_prompt(sample.instruction, listed, trace_steps, with_depth=True, variant=variant)
-    return TrainingItem("trace", image, prompt, answer=trace_answer(grid, trace_steps, depth_binning.n_bins))
+    answer = trace_answer(grid, trace_steps, depth_binning.n_bins)
+    if with_goal_header and order == "target_first" and grid and grid[0].mark_id != GRIPPER_MARK_ID:
+        described = {m.mark_id: m for m in marks}
+        answer = goal_header(described[grid[0].mark_id].text) + answer
+    return TrainingItem("trace", image, prompt, answer=answer)
 
 
 def build_locate_proposed(sample: Sample, marks: list[DescribedMark], depth_binning: DepthBinning,
