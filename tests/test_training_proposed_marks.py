@@ -316,6 +316,11 @@ def test_bench_answers_reports_teacher_forced_accuracy_per_objective(dataset_dir
     report = answer_accuracy(str(checkpoint), str(path), ("trace", "refer"), examples=3)
     trace, refer = report["trace"], report["refer"]
     assert trace["examples"] == 3 and {"goal mark", "goal first", "hand later", "hand gripper"} <= set(trace["groups"])
+    assert "goal ranked" not in trace["groups"] and "goal header" not in trace["groups"]  # no goal lines in this config
+    path.write_text(json.dumps(config.replace(goal_header=True).to_dict()))
+    headed = answer_accuracy(str(checkpoint), str(path), ("trace",), examples=3)["trace"]
+    right, total = headed["counts"]["goal ranked"]
+    assert total >= 1 and 0 <= right <= total and headed["counts"]["goal header"][1] >= 4 * total
     for name, (right, total) in trace["counts"].items():
         assert 0 <= right <= total and trace["groups"][name] == round(right / total, 4)
     assert trace["counts"]["hand first"][1] == 3 * 3  # x, y and depth of the hand's first step, per example

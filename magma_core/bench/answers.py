@@ -11,7 +11,8 @@ prefix is compared with the next true token. Number tokens are grouped by what t
 - ``gripper`` the open/close flags.
 
 A trace answer's groups are split by whose trace it is: ``hand`` (mark 1) or ``goal`` (the other mark);
-``goal header`` counts every token of a goal line ("Goal: red block 4cm") that opens the answer.
+``goal header`` counts every token of a goal line ("Goal: red block 4cm") that opens the answer, and
+``goal ranked`` whether the true goal line scores highest among the listed marks' lines (the run-time choice).
 ``exact`` is the fraction of answers with every token right.
 """
 from __future__ import annotations
@@ -22,6 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from magma_core.errors import InvalidInputError
+from magma_core.prompts import GOAL_HEADER_PREFIX, goal_header
 
 OBJECTIVES = ("trace", "grounding", "locate", "refer")
 _FIELDS = ("x", "y", "depth", "gripper")
@@ -82,6 +84,8 @@ def answer_accuracy(checkpoint: str, config_path: str, objectives=OBJECTIVES, ex
             index += 1
             if item.objective != objective or item.answer is None:
                 continue  # a frame that cannot have this objective fell back to another one
+            if objective == "trace" and item.answer.startswith(GOAL_HEADER_PREFIX):
+                groups.setdefault("goal ranked", _Tally()).add(_goal_ranked_first(model, processor, item))
             example = processor.build_example(item.image, item.prompt, answer=item.answer)
             batch = processor.collate([example], padding_side="right")
             with torch.inference_mode():
@@ -101,6 +105,24 @@ def answer_accuracy(checkpoint: str, config_path: str, objectives=OBJECTIVES, ex
             "counts": {name: [t.right, t.total] for name, t in sorted(groups.items())},
         }
     return report
+
+
+_MARK_LINE = re.compile(r"^Mark (\d+): \[\([\d,]+\)\] (.+)$")
+
+
+def _goal_ranked_first(model, processor, item) -> bool:
+    """Whether the true goal line scores highest among the goal lines of every listed non-gripper mark (what
+    `MagmaPolicy` ranks at run time)."""
+    from magma_core.model.fast_decode import score_continuations
+
+    truth = item.answer[len(GOAL_HEADER_PREFIX):].split("\n", 1)[0]
+    texts = [m[2] for line in item.prompt.splitlines() if (m := _MARK_LINE.match(line)) and m[1] != "1"]
+    if truth not in texts:
+        return False
+    tokenizer = processor.tokenizer
+    lines = [tokenizer.encode(goal_header(t), add_special_tokens=False) for t in texts]
+    scores = score_continuations(model, processor([item.image], [item.prompt]), lines)
+    return texts[max(range(len(texts)), key=scores.__getitem__)] == truth
 
 
 def _classify(objective: str, pieces: list[str], correct: list[bool]):
