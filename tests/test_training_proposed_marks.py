@@ -400,3 +400,37 @@ def test_answer_classes_count_a_goal_line_apart_from_the_numbers():
               "130", ",", "77", ",", "0", ")]", "\n", "Mark", " ", "1", ":", " [(", "9", ",", "8", ",", "7", ",", "0", ")]"]
     groups = [g for g, _ in _classify("trace", [p if p != "<trace_start>" else "" for p in pieces], [True] * len(pieces))]
     assert groups[:6] == ["goal header"] * 6 and groups[6] == "goal mark" and "goal first" in groups
+
+
+def test_goal_objective_names_a_random_block_or_the_place_in_a_made_up_instruction(source):
+    from magma_core.training.samples_builder import build_goal_proposed
+
+    binning = BINNING
+    phases, not_true_object = set(), 0
+    for sample in source.samples[::2]:
+        marks = propose_for_sample(sample)
+        if marks is None:
+            continue
+        for seed in range(3):
+            item = build_goal_proposed(sample, marks, 2, binning, np.random.default_rng(seed))
+            if item is None:
+                continue
+            assert item.objective == "goal" and item.answer.startswith("Goal: ") and item.answer.endswith("\n")
+            goal = item.answer[len("Goal: "):-1]
+            listed = [ln for ln in item.prompt.splitlines() if ln.startswith("Mark ") and ln.endswith("] " + goal)]
+            assert len(listed) == 1, "the goal line repeats one listed mark's description"
+            colour, shape = goal.split()[:2]
+            instruction = next(ln for ln in item.prompt.splitlines() if colour in ln and not ln.startswith("Mark "))
+            holding = float(sample.gt_trace_gripper[0]) >= 0.5
+            assert shape == ("flat" if holding else "block")  # the place once the hand holds its object
+            phases.add("holding" if holding else "open")
+            ids = match_trace_marks(sample, marks)
+            if not holding and int(listed[0].split(":")[0][5:]) != ids[1]:
+                not_true_object += 1
+            assert instruction
+    assert phases == {"open", "holding"} and not_true_object > 0, "made-up instructions also name other blocks"
+    with pytest.raises(InvalidInputError, match="goal_header"):
+        TrainConfig(datasets=["x"], objectives={"goal": 1.0}, marks="proposed", trace_order="target_first", inference_marks=2)
+    config = TrainConfig(datasets=["x"], objectives={"goal": 0.3, "trace": 0.7}, marks="proposed", trace_order="target_first",
+                         inference_marks=2, goal_header=True)
+    assert config.objective_weights["goal"] == 0.3

@@ -25,7 +25,7 @@ import numpy as np
 from magma_core.errors import InvalidInputError
 from magma_core.prompts import GOAL_HEADER_PREFIX, goal_header
 
-OBJECTIVES = ("trace", "grounding", "locate", "refer")
+OBJECTIVES = ("trace", "grounding", "locate", "refer", "goal")
 _FIELDS = ("x", "y", "depth", "gripper")
 
 
@@ -64,8 +64,8 @@ def answer_accuracy(checkpoint: str, config_path: str, objectives=OBJECTIVES, ex
     sources = [load_source(spec.path, spec.weight, spec.stride) for spec in base.datasets]  # read once, for every objective
     report = {}
     for objective in objectives:
-        config = base.replace(objectives={objective: 1.0}, color_jitter=0.0, max_shift_px=0)
         try:
+            config = base.replace(objectives={objective: 1.0}, color_jitter=0.0, max_shift_px=0)
             mixture = TrainingMixture(sources, config, processor.vocab_size, depth_binning=config.make_depth_binning())
         except InvalidInputError as exc:
             report[objective] = {"error": str(exc)}
@@ -84,7 +84,7 @@ def answer_accuracy(checkpoint: str, config_path: str, objectives=OBJECTIVES, ex
             index += 1
             if item.objective != objective or item.answer is None:
                 continue  # a frame that cannot have this objective fell back to another one
-            if objective == "trace" and item.answer.startswith(GOAL_HEADER_PREFIX):
+            if objective in ("trace", "goal") and item.answer.startswith(GOAL_HEADER_PREFIX):
                 groups.setdefault("goal ranked", _Tally()).add(_goal_ranked_first(model, processor, item))
             example = processor.build_example(item.image, item.prompt, answer=item.answer)
             batch = processor.collate([example], padding_side="right")
@@ -129,7 +129,7 @@ def _classify(objective: str, pieces: list[str], correct: list[bool]):
     """(group name, right?) for every number token of one answer, given its token texts in order."""
     owner, step, field, after_mark = "", -1, 0, False
     id_list = objective in ("grounding", "refer")
-    header = objective == "trace"  # a goal line ("Goal: red block 4cm") may come before the first mark
+    header = objective in ("trace", "goal")  # a goal line ("Goal: red block 4cm") may come before the first mark
     for piece, ok in zip(pieces, correct):
         text = piece.strip()
         if header and text not in ("Mark", "Marks"):

@@ -10,7 +10,7 @@ from typing import Any
 
 from magma_core.errors import InvalidInputError
 
-OBJECTIVES = ("grounding", "trace", "action", "locate", "refer")  # locate, refer: proposed marks only
+OBJECTIVES = ("grounding", "trace", "action", "locate", "refer", "goal")  # locate, refer, goal: proposed marks only
 MODEL_PRESETS = ("magma_tiny", "magma_8b")  # magma_8b only starts from a local checkpoint (init_from)
 STRATEGIES = ("ddp", "fsdp")
 # The decoder's projections LoRA may adapt (Llama names); the vision tower is trained fully or not at all.
@@ -166,7 +166,9 @@ class TrainConfig:
         if self.goal_header and (self.trace_order != "target_first" or self.marks != "proposed"):
             raise InvalidInputError("goal_header names the goal by its listed description: it needs "
                                     "trace_order: target_first and marks: proposed")
-        for name in ("locate", "refer"):
+        if self.objective_weights["goal"] > 0 and not self.goal_header:
+            raise InvalidInputError("the goal objective answers with goal lines: it needs goal_header: true")
+        for name in ("locate", "refer", "goal"):
             if self.objective_weights[name] > 0 and self.marks != "proposed":
                 raise InvalidInputError(f"the {name} objective lists run-time marks: it needs marks: proposed")
         self.make_depth_binning()

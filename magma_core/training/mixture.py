@@ -23,7 +23,7 @@ from magma_core.data.samples import Sample
 from magma_core.errors import InvalidInputError
 from magma_core.prompts import DEFAULT_TEMPLATES
 from magma_core.training.config import OBJECTIVES, TrainConfig
-from magma_core.training.samples_builder import (TrainingItem, build_action, build_grounding, build_grounding_proposed,
+from magma_core.training.samples_builder import (TrainingItem, build_action, build_goal_proposed, build_grounding, build_grounding_proposed,
                                                  build_locate_proposed, build_refer_proposed, build_trace, build_trace_proposed, has_traces, mark_ids_for,
                                                  propose_for_sample)
 
@@ -88,7 +88,7 @@ class TrainingMixture:
         for name in OBJECTIVES:
             if self.objective_weights[name] <= 0:
                 continue
-            if name in ("grounding", "trace", "locate", "refer") and not has_traces(sample):
+            if name in ("grounding", "trace", "locate", "refer", "goal") and not has_traces(sample):
                 continue
             if name == "action" and (sample.action is None or self.tokenizers[source_index] is None):
                 continue
@@ -120,6 +120,11 @@ class TrainingMixture:
             if objective == "locate":
                 return build_locate_proposed(sample, marks, self.depth_binning, rng,
                                              variant=int(rng.integers(len(DEFAULT_TEMPLATES.locate))))
+            if objective == "goal":
+                item = build_goal_proposed(sample, marks, self.config.trace_steps, self.depth_binning, rng,
+                                           variant=int(rng.integers(len(DEFAULT_TEMPLATES.trace))))
+                if item is not None:
+                    return item
             if objective == "refer":
                 item = build_refer_proposed(sample, marks, self.depth_binning, rng,
                                             variant=int(rng.integers(len(DEFAULT_TEMPLATES.refer))))

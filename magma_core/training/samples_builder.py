@@ -247,6 +247,55 @@ def build_locate_proposed(sample: Sample, marks: list[DescribedMark], depth_binn
                         answer=trace_answer(traces, 0, depth_binning.n_bins))
 
 
+# Made-up instructions of the `goal` objective, in the words the simulated tasks use.
+_GOAL_INSTRUCTIONS = ("put the {o} on the {p}", "move the {o} to the {p}", "place the {o} onto the {p}",
+                      "pick up the {o} and put it on the {p}", "set the {o} down on the {p}")
+_OBJECT_NOUNS, _PLACE_NOUNS = ("block", "cube"), ("mat", "pad", "square")
+
+
+def _uniquely_coloured(marks: list[DescribedMark], shape: str) -> list[tuple[str, DescribedMark]]:
+    """(colour, mark) for the listed `shape` marks ("block", "flat") whose colour no other such mark has."""
+    found: dict[str, list[DescribedMark]] = {}
+    for mark in marks:
+        words = str(mark.text).split()
+        if mark.mark_id != GRIPPER_MARK_ID and len(words) >= 2 and words[1] == shape:
+            found.setdefault(words[0], []).append(mark)
+    return [(colour, ms[0]) for colour, ms in sorted(found.items()) if len(ms) == 1]
+
+
+def build_goal_proposed(sample: Sample, marks: list[DescribedMark], trace_steps: int, depth_binning: DepthBinning,
+                        rng: np.random.Generator, variant: int = 0) -> TrainingItem | None:
+    """Goal naming with a made-up instruction: the trace prompt, its instruction naming a random block of the scene
+    and a random flat place, answered with the goal line only (`goal_header`): the named block while the hand is
+    open, the named place while it holds its object (then the instruction names the held object).
+
+    Recorded episodes always head for their instruction's object, so the mark nearest the hand predicts the goal in
+    most frames; naming other blocks takes that shortcut away and leaves the instruction as the only cue.
+    None when the frame lacks a uniquely coloured block and place (or, holding, its held object's mark)."""
+    blocks, places = _uniquely_coloured(marks, "block"), _uniquely_coloured(marks, "flat")
+    if not blocks or not places or sample.gt_trace_gripper is None:
+        return None
+    holding = float(np.asarray(sample.gt_trace_gripper).reshape(-1)[0]) >= 0.5
+    place_colour, place = places[int(rng.integers(len(places)))]
+    if holding:
+        held = match_trace_marks(sample, marks)[OBJECT_TRACE]
+        held_mark = next((m for m in marks if m.mark_id == held), None) if held is not None else None
+        if held_mark is None or len(str(held_mark.text).split()) < 2:
+            return None
+        object_mark, goal = held_mark, place
+    else:
+        _, object_mark = blocks[int(rng.integers(len(blocks)))]
+        goal = object_mark
+    words = str(object_mark.text).split()
+    small = "small " if words[-1].endswith("cm") and words[-1][:-2].isdigit() and int(words[-1][:-2]) <= 3 and rng.random() < 0.5 else ""
+    named_object = f"{words[0]} {small}{_OBJECT_NOUNS[int(rng.integers(len(_OBJECT_NOUNS)))]}"
+    named_place = f"{place_colour} {_PLACE_NOUNS[int(rng.integers(len(_PLACE_NOUNS)))]}"
+    instruction = _GOAL_INSTRUCTIONS[int(rng.integers(len(_GOAL_INSTRUCTIONS)))].format(o=named_object, p=named_place)
+    image, listed = _drawn_and_listed(sample, marks, depth_binning)
+    prompt = trace_prompt(instruction, listed, trace_steps, with_depth=True, variant=variant)
+    return TrainingItem("goal", image, prompt, answer=goal_header(goal.text))
+
+
 def build_refer_proposed(sample: Sample, marks: list[DescribedMark], depth_binning: DepthBinning,
                          rng: np.random.Generator, max_marks: int = 3, variant: int = 0) -> TrainingItem | None:
     """Referring on run-time marks: 1..`max_marks` marks named by colour and shape (only names one mark has),
