@@ -69,7 +69,7 @@ def test_config_reads_yaml_resolves_paths_and_applies_overrides(tmp_path):
     (tmp_path / "cfg.yaml").write_text("datasets:\n  - path: data/a\n    weight: 2\nsteps: 10\nobjectives: {trace: 1}\n")
     config = load_config(tmp_path / "cfg.yaml", steps=3, out=None)
     assert config.steps == 3 and config.datasets[0].path == str(tmp_path / "data/a") and config.datasets[0].weight == 2
-    assert config.objective_weights == {"grounding": 0.0, "trace": 1.0, "action": 0.0, "locate": 0.0, "refer": 0.0}
+    assert config.objective_weights == {"grounding": 0.0, "trace": 1.0, "action": 0.0, "locate": 0.0, "refer": 0.0, "goal": 0.0}
     (tmp_path / "cfg.json").write_text(json.dumps({"datasets": ["/x"], "stepz": 3}))
     with pytest.raises(InvalidInputError, match="unknown config key"):
         load_config(tmp_path / "cfg.json")
