@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from magma_core.errors import InvalidInputError
-from magma_core.prompts import GOAL_HEADER_PREFIX, goal_header
+from magma_core.prompts import GOAL_HEADER_PREFIX
 
 OBJECTIVES = ("trace", "grounding", "locate", "refer", "goal")
 _FIELDS = ("x", "y", "depth", "gripper")
@@ -113,15 +113,13 @@ _MARK_LINE = re.compile(r"^Mark (\d+): \[\([\d,]+\)\] (.+)$")
 def _goal_ranked_first(model, processor, item) -> bool:
     """Whether the true goal line scores highest among the goal lines of every listed non-gripper mark (what
     `MagmaPolicy` ranks at run time)."""
-    from magma_core.model.fast_decode import score_continuations
+    from magma_core.model.generation import goal_line_scores
 
     truth = item.answer[len(GOAL_HEADER_PREFIX):].split("\n", 1)[0]
     texts = [m[2] for line in item.prompt.splitlines() if (m := _MARK_LINE.match(line)) and m[1] != "1"]
     if truth not in texts:
         return False
-    tokenizer = processor.tokenizer
-    lines = [tokenizer.encode(goal_header(t), add_special_tokens=False) for t in texts]
-    scores = score_continuations(model, processor([item.image], [item.prompt]), lines)
+    scores, _ = goal_line_scores(model, processor, processor([item.image], [item.prompt]), texts)
     return texts[max(range(len(texts)), key=scores.__getitem__)] == truth
 
 

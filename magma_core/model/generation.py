@@ -8,7 +8,7 @@ from transformers import LogitsProcessorList
 from magma_core.codecs.action_tokenizer import ACTION_DIM, ActionTokenizer
 from magma_core.codecs.trace_text import ParseResult
 from magma_core.model.constrained import ActionLogitsProcessor, TraceLogitsProcessor
-from magma_core.model.fast_decode import greedy_trace_ids
+from magma_core.model.fast_decode import greedy_trace_ids, score_continuations
 from magma_core.model.trace_grammar import TraceGrammar
 
 
@@ -56,6 +56,15 @@ def greedy_trace(
     return [processor.decode_trace(ids[0], **_parse_options(grammar))], ids
 
 
+def goal_line_scores(model, processor, batch: dict, descriptions) -> tuple[list[float], list[list[int]]]:
+    """Log-likelihood of each description's goal line ("Goal: red block 4cm\n", `prompts.goal_header`) after ONE
+    prompt, the prompt run once; returns (scores, each line's token ids)."""
+    from magma_core.prompts import goal_header
+
+    lines = [processor.tokenizer.encode(goal_header(text), add_special_tokens=False) for text in descriptions]
+    return score_continuations(model, batch, lines), lines
+
+
 def generate_actions(
     model, processor, batch: dict, action_tokenizer: ActionTokenizer, n_actions: int = 1, **generate_kwargs
 ) -> np.ndarray:
@@ -72,4 +81,4 @@ def _parse_options(grammar: TraceGrammar) -> dict:
             "n_depth_bins": grammar.n_depth_bins, "max_marks": grammar.max_marks, "max_steps": grammar.max_steps}
 
 
-__all__ = ["generate_ids", "generate_trace", "greedy_trace", "generate_actions"]
+__all__ = ["generate_ids", "generate_trace", "greedy_trace", "goal_line_scores", "generate_actions"]

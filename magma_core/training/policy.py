@@ -52,7 +52,7 @@ def write_policy_files(directory: str | os.PathLike, config, action_stats: Actio
         "marks": config.marks,
         "inference_marks": config.inference_marks,
         "trace_order": config.trace_order,
-        "goal_header": bool(getattr(config, "goal_header", False)),
+        "goal_header": config.goal_header,
     }
     (directory / POLICY_CONFIG_FILE).write_text(json.dumps(data, indent=2) + "\n")
 
@@ -223,14 +223,12 @@ class MagmaPolicy:
         returns the batch extended with the best line and the trace start marker, its mark id and every score."""
         import torch
 
-        from magma_core.model.fast_decode import score_continuations
-        from magma_core.prompts import TRACE_START, goal_header
+        from magma_core.model.generation import goal_line_scores
+        from magma_core.prompts import TRACE_START
 
-        tokenizer = self.processor.tokenizer
-        lines = [tokenizer.encode(goal_header(m.text), add_special_tokens=False) for m in candidates]
-        scores = score_continuations(self.model, batch, lines)
+        scores, lines = goal_line_scores(self.model, self.processor, batch, [m.text for m in candidates])
         best = int(np.argmax(scores))
-        start_id = tokenizer.convert_tokens_to_ids(TRACE_START)
+        start_id = self.processor.tokenizer.convert_tokens_to_ids(TRACE_START)
         extra = torch.tensor([lines[best] + [int(start_id)]], dtype=torch.long)
         ids = torch.as_tensor(batch["input_ids"])
         mask = torch.as_tensor(batch.get("attention_mask", torch.ones_like(ids)))

@@ -26,6 +26,7 @@ ground-truth traces are attached to the proposed marks nearest their start (with
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -287,7 +288,8 @@ def build_goal_proposed(sample: Sample, marks: list[DescribedMark], trace_steps:
         _, object_mark = blocks[int(rng.integers(len(blocks)))]
         goal = object_mark
     words = str(object_mark.text).split()
-    small = "small " if words[-1].endswith("cm") and words[-1][:-2].isdigit() and int(words[-1][:-2]) <= 3 and rng.random() < 0.5 else ""
+    size_cm = int(words[-1][:-2]) if re.fullmatch(r"\d+cm", words[-1]) else None
+    small = "small " if size_cm is not None and size_cm <= 3 and rng.random() < 0.5 else ""  # as the tasks say it
     named_object = f"{words[0]} {small}{_OBJECT_NOUNS[int(rng.integers(len(_OBJECT_NOUNS)))]}"
     named_place = f"{place_colour} {_PLACE_NOUNS[int(rng.integers(len(_PLACE_NOUNS)))]}"
     instruction = _GOAL_INSTRUCTIONS[int(rng.integers(len(_GOAL_INSTRUCTIONS)))].format(o=named_object, p=named_place)
