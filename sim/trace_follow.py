@@ -8,6 +8,8 @@ that point as the TCP target. A gripper change on the trace is tied to its place
 aims at the first step whose gripper state differs, switches the gripper only once the TCP is
 within ``gripper_tolerance`` of it and then holds there ``settle_steps`` steps while the fingers
 move (as the ROS controller's WaypointFollower does, with its defaults: 5 mm, 0.5 s at 10 Hz).
+Steps the TCP already stands at (within ``reach_tolerance``, the ROS follower's 1 cm) count as done:
+the follower aims at the first step not reached, as the ROS follower walks its waypoints.
 A 2D trace (no depth) is intersected
 with the horizontal plane through the current TCP. Traces carry no orientation, so the TCP keeps
 the orientation it had at the episode's first step unless the output names an ``orientation``.
@@ -107,11 +109,15 @@ def gripper_trace(traces: list[Trace], ee_uv: np.ndarray, gripper_mark: int | No
 class TraceFollower:
     """Turns one trace-mode output per step into a waypoint (8: xyz, quaternion xyzw, gripper)."""
 
-    def __init__(self, lookahead: int = 1, gripper_tolerance: float = 0.005, settle_steps: int = 5) -> None:
+    def __init__(self, lookahead: int = 1, gripper_tolerance: float = 0.005, settle_steps: int = 5,
+                 reach_tolerance: float = 0.01) -> None:
         if int(lookahead) != lookahead or lookahead < 1:
             raise InvalidInputError(f"lookahead must be a positive integer, got {lookahead!r}")
         if not gripper_tolerance > 0 or int(settle_steps) != settle_steps or settle_steps < 0:
             raise InvalidInputError(f"need gripper_tolerance > 0 and settle_steps >= 0, got {gripper_tolerance}, {settle_steps}")
+        if not reach_tolerance > 0:
+            raise InvalidInputError(f"need reach_tolerance > 0, got {reach_tolerance}")
+        self.reach_tolerance = float(reach_tolerance)
         self.lookahead = int(lookahead)
         self.gripper_tolerance = float(gripper_tolerance)
         self.settle_steps = int(settle_steps)
@@ -138,6 +144,11 @@ class TraceFollower:
             self._settle_left -= 1
             return np.concatenate([self._settle_target, quat, [self._grip]])
         k = min(self.lookahead, chosen.length - 1)
+        # Steps the hand already stands at are done (a trace that keeps saying "stay here a moment, then lift" from
+        # the same place would hold the arm forever): aim at the first one not reached, as the ROS follower does.
+        while k < chosen.length - 1 and self._first_gripper_change(chosen, k) is None \
+                and np.linalg.norm(self._lift(chosen, k, K, E, tcp) - tcp[:3]) <= self.reach_tolerance:
+            k += 1
         change = self._first_gripper_change(chosen, k)
         if change is not None:
             # A gripper event belongs to a place on the trace: go there, and switch only once the TCP is there

@@ -94,6 +94,28 @@ def test_follower_ties_gripper_events_to_their_place_on_a_sparse_trace():
         TraceFollower(gripper_tolerance=0.0)
 
 
+def test_follower_walks_past_steps_the_hand_already_stands_at():
+    """A trace that keeps saying "stay here a moment" from where the hand is (the model cannot see how long it has
+    waited) must not hold the arm forever: reached steps count as done, as in the ROS follower."""
+    here, lift = TCP[:3].copy(), np.array([0.45, 0.05, 0.40])
+    obs = {"intrinsics": K, "extrinsics": E, "ee_pose": TCP}
+    follower = TraceFollower(settle_steps=0)
+    follower._grip = 1.0  # holding: the trace says stay closed here, then lift
+    dwell = {"trace": np.stack([project(p, K, E) for p in (here, here, lift)])[None], "trace_gripper": [1, 1, 1]}
+    np.testing.assert_allclose(follower.waypoint(dwell, obs)[:3], lift, atol=1e-9)
+    # Release: the hand is at the place and the trace opens the hand one step later than the lookahead.
+    release = {"trace": np.stack([project(p, K, E) for p in (here, here, here)])[None], "trace_gripper": [1, 1, 0]}
+    assert follower.waypoint(release, obs)[7] == 0.0
+    # Far from step 1, nothing changes: the follower aims at it.
+    follower = TraceFollower(settle_steps=0)
+    far = {"trace": np.stack([project(p, K, E) for p in (here, lift, lift)])[None], "trace_gripper": [0, 0, 1]}
+    out = follower.waypoint(far, obs)
+    np.testing.assert_allclose(out[:3], lift, atol=1e-9)
+    assert out[7] == 0.0
+    with pytest.raises(InvalidInputError, match="reach_tolerance"):
+        TraceFollower(reach_tolerance=0.0)
+
+
 def test_trace_inputs_are_checked():
     assert [t.mark_id for t in as_traces(np.zeros((3, 4, 3)))] == [1, 2, 3]
     with pytest.raises(InvalidInputError, match="trace array"):

@@ -24,6 +24,7 @@ import numpy as np
 from magma_core.codecs.action_tokenizer import ActionNormStats, ActionTokenizer
 from magma_core.codecs.trace_text import DepthBinning, encode_traces, traces_from_grid_traces
 from magma_core.errors import InvalidInputError
+from magma_core.policies.goal_belief import GoalBelief
 from magma_core.prompts import action_prompt, trace_prompt
 from magma_core.som.describe import describe_proposal, listed_positions, marks_text
 from magma_core.som.draw import draw_marks
@@ -63,7 +64,7 @@ class MagmaPolicy:
     def __init__(self, model, processor, mode: str = "trace", trace_steps: int = 4, trace_stride: int = 1,
                  depth_binning: DepthBinning = DepthBinning(), action_stats: ActionNormStats | None = None,
                  proposal: ProposalConfig = ProposalConfig(), max_marks: int = 2, marks: str = "ground_truth",
-                 trace_order: str = "gripper_first", goal_header: bool = False) -> None:
+                 trace_order: str = "gripper_first", goal_header: bool = False, goal_memory: float = 0.8) -> None:
         if mode not in MODES:
             raise InvalidInputError(f"mode must be one of {MODES}, got {mode!r}")
         if isinstance(trace_steps, bool) or not isinstance(trace_steps, int) or trace_steps < 1:
@@ -92,6 +93,8 @@ class MagmaPolicy:
             raise InvalidInputError("goal_header needs trace_order target_first and marks proposed (as in training)")
         # The checkpoint opens its answers with the goal's listed description: rank those, then trace the best.
         self.goal_header = bool(goal_header)
+        # One frame's ranking can be wrong; the goal traced is the one with the most belief over recent frames.
+        self.goal_belief = GoalBelief(decay=goal_memory)
         self.action_tokenizer = ActionTokenizer(processor.vocab_size, action_stats) if action_stats is not None else None
 
     @classmethod
@@ -131,12 +134,14 @@ class MagmaPolicy:
                 marks=str(data.get("marks", "ground_truth")),
                 trace_order=str(data.get("trace_order", "gripper_first")),
                 goal_header=bool(data.get("goal_header", False)),
+                goal_memory=float(data.get("goal_memory", 0.8)),
             )
         except (TypeError, ValueError) as exc:
             raise CheckpointError(f"{config_path} is malformed: {exc}") from exc
 
     def reset(self) -> None:
-        """Nothing to forget: each call plans from its observation alone."""
+        """A new episode: forget the goal belief (otherwise each call plans from its observation alone)."""
+        self.goal_belief.reset()
 
     def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
         """Trace mode: {marks, trace (gripper first, 2.5D pixels), trace_text, target_object, target_place,
@@ -180,7 +185,9 @@ class MagmaPolicy:
         if self.goal_header and goal_first and described is not None and GRIPPER_MARK_ID in trace_ids:
             candidates = [m for m in described if m.mark_id != GRIPPER_MARK_ID and m.mark_id in trace_ids]
             if candidates:
-                batch, goal, goal_scores = self._choose_goal(batch, candidates)
+                opening = obs.get("gripper")
+                opening = None if opening is None else float(np.asarray(opening, dtype=np.float64).reshape(-1)[0])
+                batch, goal, goal_scores = self._choose_goal(batch, candidates, opening)
                 trace_ids = frozenset({goal, GRIPPER_MARK_ID})
         final = GRIPPER_MARK_ID if goal_first and GRIPPER_MARK_ID in trace_ids and len(trace_ids) > 1 else None
         grammar = TraceGrammar(expect_steps=self.trace_steps + 1, expect_25d=True, n_depth_bins=self.depth_binning.n_bins,
@@ -218,16 +225,17 @@ class MagmaPolicy:
             "goal_scores": goal_scores,
         }
 
-    def _choose_goal(self, batch: dict, candidates) -> tuple[dict, int, dict[int, float]]:
-        """Rank the candidates' goal lines ("Goal: red block 4cm") by the model's likelihood after the prompt;
-        returns the batch extended with the best line and the trace start marker, its mark id and every score."""
+    def _choose_goal(self, batch: dict, candidates, opening_m: float | None = None) -> tuple[dict, int, dict[int, float]]:
+        """Rank the candidates' goal lines ("Goal: red block 4cm") by the model's likelihood after the prompt, fold
+        the ranking into the goal belief (`GoalBelief`) and pick its best; returns the batch extended with that line
+        and the trace start marker, its mark id and every score of this frame."""
         import torch
 
         from magma_core.model.generation import goal_line_scores
         from magma_core.prompts import TRACE_START
 
         scores, lines = goal_line_scores(self.model, self.processor, batch, [m.text for m in candidates])
-        best = int(np.argmax(scores))
+        best = self.goal_belief.update([m.point for m in candidates], scores, opening_m)
         start_id = self.processor.tokenizer.convert_tokens_to_ids(TRACE_START)
         extra = torch.tensor([lines[best] + [int(start_id)]], dtype=torch.long)
         ids = torch.as_tensor(batch["input_ids"])
