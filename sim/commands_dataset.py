@@ -24,6 +24,11 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--keep-failures", action="store_true", help="also keep episodes the expert failed")
     parser.add_argument("--compare-tracker", type=int, default=0, metavar="K",
                         help="run the LK tracker on the first K episodes and report its error against the GT traces")
+    parser.add_argument("--takeover", default=None, metavar="POLICY",
+                        help="recovery data: POLICY (a checkpoint folder or 'heuristic') drives each episode first and "
+                        "the expert takes over from wherever it left the arm; only the expert's part is recorded")
+    parser.add_argument("--takeover-steps", default="5:60", metavar="LOW:HIGH",
+                        help="with --takeover: the expert takes over at a step drawn per seed from LOW..HIGH (default 5:60)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(func=run)
 
@@ -31,8 +36,15 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     from magma_sim.generate import GenerateConfig, generate_dataset  # noqa: PLC0415 - keeps `magma --help` light
 
+    from magma_core.errors import InvalidInputError  # noqa: PLC0415
+
+    try:
+        low, high = (int(v) for v in str(args.takeover_steps).split(":"))
+    except ValueError:
+        raise InvalidInputError(f"--takeover-steps must read LOW:HIGH (e.g. 5:60), got {args.takeover_steps!r}") from None
     config = GenerateConfig(image_size=args.image_size, n_future=args.n_future, control_hz=args.control_hz,
-                            max_steps=args.max_steps, keep_failures=args.keep_failures)
+                            max_steps=args.max_steps, keep_failures=args.keep_failures,
+                            takeover_policy=args.takeover, takeover_steps=(low, high))
     summary = generate_dataset(args.out, args.task, args.episodes, args.seed_start, config=config,
                                workers=args.workers, overwrite=args.overwrite, compare_tracker=args.compare_tracker,
                                progress=True)

@@ -31,6 +31,10 @@ class GenerateConfig:
     max_steps: int | None = None  # default: the task's horizon
     keep_failures: bool = False
     vcodec: str = "libx264"
+    # Recovery data: a policy (checkpoint folder or name) drives each episode for a number of steps drawn per seed
+    # from takeover_steps (inclusive), then the expert takes over; only the expert's part is recorded.
+    takeover_policy: str | None = None
+    takeover_steps: tuple[int, int] = (5, 60)
 
 
 @dataclass
@@ -74,17 +78,38 @@ def _init_worker(config: GenerateConfig) -> None:
     _CONFIG = config
 
 
+_POLICY: list = []
+
+
+def takeover_step_for(seed: int, steps: tuple[int, int]) -> int:
+    """The step at which the expert takes over in episode `seed` (the same whatever the worker)."""
+    low, high = int(steps[0]), int(steps[1])
+    return int(np.random.default_rng([int(seed), 7919]).integers(low, high + 1))
+
+
 def _rollout(item: tuple[str, int]):
-    """One expert episode, in whatever process runs it (one cached simulator per task)."""
+    """One expert episode, in whatever process runs it (one cached simulator per task); with a takeover policy,
+    the expert's part of a policy-then-expert episode, or (task, seed) when there was nothing to take over."""
     from magma_sim.env import TabletopEnv  # noqa: PLC0415 - pybullet only where episodes run
-    from magma_sim.rollout import rollout_expert  # noqa: PLC0415
+    from magma_sim.rollout import rollout_expert, rollout_takeover  # noqa: PLC0415
 
     task, seed = item
     config = _CONFIG
     if task not in _ENVS:
         _ENVS[task] = TabletopEnv(task, image_size=config.image_size, control="waypoint", control_hz=config.control_hz,
                                   max_steps=config.max_steps, render=True, terminate_on_success=False)
-    return rollout_expert(task, seed, n_future=config.n_future, env=_ENVS[task])
+    if config.takeover_policy is None:
+        return rollout_expert(task, seed, n_future=config.n_future, env=_ENVS[task])
+    if not _POLICY:
+        import torch  # noqa: PLC0415
+
+        from magma_sim.policies import load_policy  # noqa: PLC0415
+
+        torch.set_num_threads(1)  # one core per worker
+        _POLICY.append(load_policy(config.takeover_policy, control_hz=config.control_hz))
+    episode = rollout_takeover(task, seed, _POLICY[0], takeover_step_for(seed, config.takeover_steps),
+                               env=_ENVS[task], n_future=config.n_future)
+    return episode if episode is not None else (task, seed)
 
 
 def _close_envs() -> None:
@@ -120,6 +145,9 @@ def _check_args(episodes: int, seed_start: int, workers: int, config: GenerateCo
             raise InvalidInputError(f"{name} must be an integer >= {low}, got {value!r}")
     if config.max_steps is not None and (not is_int(config.max_steps) or config.max_steps < 1):
         raise InvalidInputError(f"max_steps must be a positive integer, got {config.max_steps!r}")
+    steps = config.takeover_steps
+    if config.takeover_policy is not None and not (len(steps) == 2 and all(is_int(v) for v in steps) and 0 <= steps[0] <= steps[1]):
+        raise InvalidInputError(f"takeover steps must be two integers 0 <= low <= high, got {steps!r}")
     if config.image_size > 1024:
         raise InvalidInputError(f"image size must be at most 1024, got {config.image_size}")
 
@@ -148,6 +176,11 @@ def generate_dataset(out: str | os.PathLike, tasks: str | list[str] = "all", epi
         bar = tqdm(total=len(items), desc="dataset generate", unit="episode", file=sys.stderr)
     try:
         for episode in _episodes(items, config, workers):
+            if isinstance(episode, tuple):  # takeover: the policy finished before the expert's turn
+                counts[episode[0]][1] += 1
+                if bar is not None:
+                    bar.update(1)
+                continue
             counts[episode.task][1] += 1
             counts[episode.task][0] += int(bool(episode.success))
             if episode.success or config.keep_failures:

@@ -39,6 +39,40 @@ def rollout_expert(task: str, seed: int, *, image_size=128, camera: CameraConfig
 def _record(env: TabletopEnv, task: str, seed: int, n_future: int, post_success_steps: int) -> Episode:
     expert = make_expert(task, control=env.control, control_hz=env.control_hz)
     obs, info = env.reset(seed=seed)
+    return _record_from(env, expert, obs, info, task, seed, n_future, post_success_steps, {})
+
+
+def rollout_takeover(task: str, seed: int, policy, takeover_step: int, *, env: TabletopEnv,
+                     n_future: int = DEFAULT_N_FUTURE, lookahead: int = 1) -> Episode | None:
+    """Recovery data (DAgger-style): `policy` drives the arm for `takeover_step` steps, then the scripted expert
+    takes over from wherever the arm, the hand and the block ended up and the episode is recorded from there on,
+    so the data shows how to go on from the states the policy itself reaches. None when the episode ended or
+    succeeded before the takeover (nothing to recover from). The recorded steps count from the takeover."""
+    from magma_core.errors import InvalidInputError  # noqa: PLC0415
+    from magma_sim.evaluate import _hold_still, _reset_policy, command_from_output  # noqa: PLC0415
+    from magma_sim.trace_follow import TraceFollower  # noqa: PLC0415
+
+    obs, info = env.reset(seed=seed)
+    _reset_policy(policy, seed)
+    follower = TraceFollower(lookahead)
+    for _ in range(int(takeover_step)):
+        try:
+            command = command_from_output(policy.infer(obs), obs, follower)
+        except InvalidInputError:
+            command = _hold_still(obs, info)
+        obs, _, terminated, truncated, info = env.step(command)
+        if info["success"] or terminated or truncated:
+            return None
+    expert = make_expert(task, control=env.control, control_hz=env.control_hz)
+    if not hasattr(expert, "take_over"):
+        raise InvalidInputError(f"the {task} expert cannot take over from another controller")
+    phase = expert.take_over(obs, info)
+    return _record_from(env, expert, obs, info, task, seed, n_future, 0,
+                        {"takeover_step": int(takeover_step), "takeover_phase": phase})
+
+
+def _record_from(env: TabletopEnv, expert, obs: dict, info: dict, task: str, seed: int, n_future: int,
+                 post_success_steps: int, extra_metadata: dict) -> Episode:
     rows: dict[str, list] = {k: [] for k in ("rgb", "depth", "ee_pose", "gripper", "joints", "actions", "waypoints")}
     marks = [info["privileged"]["mark_points"]]
     grip_state = [info["gripper_command"]]
@@ -80,6 +114,7 @@ def _record(env: TabletopEnv, task: str, seed: int, n_future: int, post_success_
             "roles": info["privileged"]["roles"],
             "success_step": success_at,
             "gripper_state": "command in effect at each step (the previous action's gripper value; 0 at reset)",
+            **extra_metadata,
         },
     )
     return episode.validate()

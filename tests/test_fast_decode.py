@@ -297,3 +297,30 @@ def test_listed_position_drafts_keep_the_greedy_tokens_and_save_calls(processor)
     assert listed_stats["forward_calls"] < plain_stats["forward_calls"]
     wrong = {k: (v[0] + 1, v[1], v[2]) for k, v in listed.items()}
     assert greedy_trace_ids(model, processor, batch, grammar, 64, stats=wrong_stats, mark_positions=wrong).tolist() == plain.tolist()
+
+
+@pytest.mark.parametrize("backend", ["lean", "transformers"])
+def test_decoding_on_from_the_scoring_cache_gives_the_same_trace(model, processor, backend):
+    """The policy scores goal lines on the prompt, then traces after the best one: going on from the scoring's
+    KV cache (no second prefill) must give exactly the tokens of a decode that runs the whole prompt again."""
+    from magma_core.model.fast_decode import greedy_trace_ids, score_continuations_cached
+
+    batch = _batch(processor, seed=3)
+    lines = [processor.tokenizer.encode(t, add_special_tokens=False) for t in ("Goal: red block 4cm\n", "Goal: pad 9cm\n")]
+    scores, cache = score_continuations_cached(model, batch, lines, backend=backend, room=200)
+    best = lines[int(np.argmax(scores))]
+    ids = torch.cat([batch["input_ids"], torch.tensor([best + [TRACE_START_ID]])], dim=1)
+    extended = {**batch, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    plain = greedy_trace_ids(model, processor, extended, ONE_MARK_25D, max_new_tokens=80, backend=backend)
+    reused = greedy_trace_ids(model, processor, extended, ONE_MARK_25D, max_new_tokens=80, backend=backend,
+                              prompt_cache=cache)
+    assert reused.tolist() == plain.tolist()
+    with pytest.raises(InvalidInputError, match="used already"):
+        greedy_trace_ids(model, processor, extended, ONE_MARK_25D, max_new_tokens=80, prompt_cache=cache)
+    _, other = score_continuations_cached(model, batch, lines, backend=backend, room=200)
+    with pytest.raises(InvalidInputError, match="another prompt"):
+        greedy_trace_ids(model, processor, _batch(processor, seed=3, instruction="push the cube"), ONE_MARK_25D,
+                         max_new_tokens=80, prompt_cache=other)
+    _, small = score_continuations_cached(model, batch, lines, backend=backend, room=4)
+    with pytest.raises(InvalidInputError, match="room"):
+        greedy_trace_ids(model, processor, extended, ONE_MARK_25D, max_new_tokens=80, prompt_cache=small)

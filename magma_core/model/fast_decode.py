@@ -224,7 +224,7 @@ class _TraceDecoder:
 def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_new_tokens: int = 256,
                      forced_prefix: str = "", stats: dict | None = None,
                      mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None,
-                     backend: str = "auto") -> torch.Tensor:
+                     backend: str = "auto", prompt_cache: "PromptCache | None" = None) -> torch.Tensor:
     """Answer ids (1, n): `forced_prefix`'s tokens then greedy, grammar-constrained tokens up to end-of-sequence.
 
     `max_new_tokens` bounds the whole answer, forced prefix included. `stats`, if given, receives
@@ -233,7 +233,8 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
     the number of calls, never the tokens. `backend`: "lean" (`LeanLlamaDecoder`: the same Llama
     arithmetic without transformers' per-call overhead; InvalidInputError if the model does not suit
     it), "transformers" (the model's own forward and KV cache) or "auto" (lean where it applies: see
-    `_model_runner`).
+    `_model_runner`). `prompt_cache` (from `score_continuations_cached` on the start of this prompt): decoding goes
+    on from the model state it holds instead of running the prompt again; it is used up.
     """
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -254,7 +255,11 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
     answer = list(prefix_ids)
     counts = {"forward_calls": 0, "drafted": 0, "accepted": 0}
     pending = prompt + prefix_ids  # tokens not yet in the KV cache
-    runner = _model_runner(model, batch, backend, capacity=len(pending) + decoder.max_new_tokens)
+    if prompt_cache is not None:
+        runner, seen = prompt_cache.take(prompt, extra=len(prefix_ids) + decoder.max_new_tokens)
+        pending = pending[seen:]
+    else:
+        runner = _model_runner(model, batch, backend, capacity=len(pending) + decoder.max_new_tokens)
     with torch.inference_mode():
         while len(answer) < decoder.max_new_tokens and state.phase != Phase.DONE:
             draft = decoder.draft(state, len(answer))
@@ -284,11 +289,43 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
     return torch.tensor([answer], dtype=torch.long)
 
 
+class PromptCache:
+    """A model state (KV cache) holding the first tokens of a prompt, to go on from instead of prefilling again.
+
+    `score_continuations_cached` leaves one behind after scoring; `greedy_trace_ids(prompt_cache=...)` decodes on
+    from it when its prompt starts with those tokens. Used once: the decoder's cache grows as it decodes."""
+
+    def __init__(self, runner, tokens: list[int], room: int) -> None:
+        self.runner, self.tokens, self.room = runner, list(tokens), int(room)
+        self.used = False
+
+    def take(self, prompt: list[int], extra: int):
+        """(runner, how many of `prompt`'s tokens it has seen), checking the prompt continues the cached tokens and
+        the cache has room for `extra` more tokens after the prompt."""
+        if self.used:
+            raise InvalidInputError("this prompt cache was used already; score again for a fresh one")
+        n = len(self.tokens)
+        if prompt[:n] != self.tokens:
+            raise InvalidInputError("the prompt does not start with the cached tokens: the cache belongs to another prompt")
+        if len(prompt) - n + extra > self.room:
+            raise InvalidInputError(f"the prompt cache has room for {self.room} more tokens, {len(prompt) - n + extra} needed")
+        self.used = True
+        return self.runner, n
+
+
 def score_continuations(model, batch: dict, continuations: list[list[int]], backend: str = "auto") -> list[float]:
     """Log-likelihood (summed over tokens) of each continuation of ONE prompt, the prompt run once.
 
     The prompt and the continuations' common prefix are fed once; each continuation's own tokens are then fed
     on the shared KV cache and cropped away again, so N short candidates cost one prefill and N small calls."""
+    return score_continuations_cached(model, batch, continuations, backend)[0]
+
+
+def score_continuations_cached(model, batch: dict, continuations: list[list[int]], backend: str = "auto",
+                               room: int = 0) -> tuple[list[float], PromptCache]:
+    """`score_continuations`, also returning the model state after the prompt and the continuations' common
+    prefix (a `PromptCache` with `room` tokens to spare after the longest continuation) so that a decode that
+    follows one of them need not run the prompt again."""
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not continuations or any(not list(c) for c in continuations):
@@ -298,7 +335,8 @@ def score_continuations(model, batch: dict, continuations: list[list[int]], back
     common = 0
     while all(len(c) > common + 1 and c[common] == conts[0][common] for c in conts):
         common += 1  # every continuation keeps at least one token of its own
-    runner = _model_runner(model, batch, backend, capacity=len(prompt) + max(len(c) for c in conts))
+    longest = max(len(c) for c in conts)
+    runner = _model_runner(model, batch, backend, capacity=len(prompt) + longest + max(int(room), 0))
     with torch.inference_mode():
         rows = torch.log_softmax(runner.feed(prompt + conts[0][:common], logits_to_keep=common + 1).float(), dim=-1)
         shared = float(sum(rows[i, conts[0][i]] for i in range(common)))
@@ -311,7 +349,7 @@ def score_continuations(model, batch: dict, continuations: list[list[int]], back
                 score += float(sum(own[i, rest[i + 1]] for i in range(len(rest) - 1)))
                 runner.crop_last(len(rest) - 1)
             scores.append(score)
-    return scores
+    return scores, PromptCache(runner, prompt + conts[0][:common], room=longest - common + max(int(room), 0))
 
 
 # ---------------------------------------------------------------------- model runners
@@ -477,4 +515,5 @@ def _remember(cache: OrderedDict, key, value) -> None:
         cache.popitem(last=False)
 
 
-__all__ = ["BACKENDS", "greedy_trace_ids", "score_continuations", "trace_start_prefix"]
+__all__ = ["BACKENDS", "PromptCache", "greedy_trace_ids", "score_continuations", "score_continuations_cached",
+           "trace_start_prefix"]

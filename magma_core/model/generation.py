@@ -8,7 +8,7 @@ from transformers import LogitsProcessorList
 from magma_core.codecs.action_tokenizer import ACTION_DIM, ActionTokenizer
 from magma_core.codecs.trace_text import ParseResult
 from magma_core.model.constrained import ActionLogitsProcessor, TraceLogitsProcessor
-from magma_core.model.fast_decode import greedy_trace_ids, score_continuations
+from magma_core.model.fast_decode import PromptCache, greedy_trace_ids, score_continuations_cached
 from magma_core.model.trace_grammar import TraceGrammar
 
 
@@ -39,6 +39,7 @@ def generate_trace(
 def greedy_trace(
     model, processor, batch: dict, grammar: TraceGrammar | None = None, max_new_tokens: int = 256, forced_prefix: str = "",
     mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None,
+    prompt_cache: PromptCache | None = None,
 ) -> tuple[list[ParseResult], torch.Tensor]:
     """Greedy trace of ONE prompt, the model run only where the grammar branches (see `fast_decode`).
 
@@ -48,21 +49,24 @@ def greedy_trace(
     the grammar (else InvalidInputError) and counts against `max_new_tokens`. Returns
     ([ParseResult], ids (1, n)): the answer's ids, prefix included, ending with end-of-sequence.
     `mark_positions` (mark id -> listed (x, y[, depth])) and `moving_mark` draft listed positions for
-    verification: fewer calls, the same tokens.
+    verification: fewer calls, the same tokens. `prompt_cache` (from `goal_line_scores(..., room=...)`): go on
+    from the model state after the start of this prompt instead of running it again.
     """
     grammar = grammar or TraceGrammar()
     ids = greedy_trace_ids(model, processor, batch, grammar, max_new_tokens, forced_prefix,
-                           mark_positions=mark_positions, moving_mark=moving_mark)
+                           mark_positions=mark_positions, moving_mark=moving_mark, prompt_cache=prompt_cache)
     return [processor.decode_trace(ids[0], **_parse_options(grammar))], ids
 
 
-def goal_line_scores(model, processor, batch: dict, descriptions) -> tuple[list[float], list[list[int]]]:
+def goal_line_scores(model, processor, batch: dict, descriptions, room: int = 0):
     """Log-likelihood of each description's goal line ("Goal: red block 4cm\n", `prompts.goal_header`) after ONE
-    prompt, the prompt run once; returns (scores, each line's token ids)."""
+    prompt, the prompt run once; returns (scores, each line's token ids), and with `room` > 0 also a `PromptCache`
+    with that many tokens to spare, for `greedy_trace` to decode on from without running the prompt again."""
     from magma_core.prompts import goal_header
 
     lines = [processor.tokenizer.encode(goal_header(text), add_special_tokens=False) for text in descriptions]
-    return score_continuations(model, batch, lines), lines
+    scores, cache = score_continuations_cached(model, batch, lines, room=room)
+    return (scores, lines, cache) if room > 0 else (scores, lines)
 
 
 def generate_actions(

@@ -181,13 +181,13 @@ class MagmaPolicy:
         anchors = positions if goal_first and positions is not None else ()
         # Goal-first answers are one goal's trace and then the gripper's, as in training.
         trace_ids = self._trace_mark_ids(marks)
-        goal_scores = None
+        goal_scores, prompt_cache = None, None
         if self.goal_header and goal_first and described is not None and GRIPPER_MARK_ID in trace_ids:
             candidates = [m for m in described if m.mark_id != GRIPPER_MARK_ID and m.mark_id in trace_ids]
             if candidates:
                 opening = obs.get("gripper")
                 opening = None if opening is None else float(np.asarray(opening, dtype=np.float64).reshape(-1)[0])
-                batch, goal, goal_scores = self._choose_goal(batch, candidates, opening)
+                batch, goal, goal_scores, prompt_cache = self._choose_goal(batch, candidates, opening)
                 trace_ids = frozenset({goal, GRIPPER_MARK_ID})
         final = GRIPPER_MARK_ID if goal_first and GRIPPER_MARK_ID in trace_ids and len(trace_ids) > 1 else None
         grammar = TraceGrammar(expect_steps=self.trace_steps + 1, expect_25d=True, n_depth_bins=self.depth_binning.n_bins,
@@ -202,7 +202,7 @@ class MagmaPolicy:
         # Greedy with jump-forward over the grammar's forced text: the same tokens as `generate`, fewer model calls.
         # Listed positions are drafted where a trace step begins (verified): same tokens, fewer model calls.
         results, _ = greedy_trace(self.model, self.processor, batch, grammar, max_new_tokens=budget, forced_prefix=prefix,
-                                  mark_positions=positions, moving_mark=GRIPPER_MARK_ID)
+                                  mark_positions=positions, moving_mark=GRIPPER_MARK_ID, prompt_cache=prompt_cache)
         result = results[0]
         if not result.ok:
             raise UnparsableOutputError(f"the model's trace did not parse: {result.error}")
@@ -225,16 +225,19 @@ class MagmaPolicy:
             "goal_scores": goal_scores,
         }
 
-    def _choose_goal(self, batch: dict, candidates, opening_m: float | None = None) -> tuple[dict, int, dict[int, float]]:
+    def _choose_goal(self, batch: dict, candidates, opening_m: float | None = None):
         """Rank the candidates' goal lines ("Goal: red block 4cm") by the model's likelihood after the prompt, fold
         the ranking into the goal belief (`GoalBelief`) and pick its best; returns the batch extended with that line
-        and the trace start marker, its mark id and every score of this frame."""
+        and the trace start marker, its mark id, every score of this frame and the model state after the prompt
+        (a `PromptCache`: the trace is decoded on from it, so the prompt runs once per step)."""
         import torch
 
         from magma_core.model.generation import goal_line_scores
         from magma_core.prompts import TRACE_START
 
-        scores, lines = goal_line_scores(self.model, self.processor, batch, [m.text for m in candidates])
+        # Room in the cache for the chosen line's own tokens, the trace start and the longest trace answer.
+        room = 64 + 16 + self.max_marks * (8 + TOKENS_PER_STEP * (self.trace_steps + 1))
+        scores, lines, cache = goal_line_scores(self.model, self.processor, batch, [m.text for m in candidates], room=room)
         best = self.goal_belief.update([m.point for m in candidates], scores, opening_m)
         start_id = self.processor.tokenizer.convert_tokens_to_ids(TRACE_START)
         extra = torch.tensor([lines[best] + [int(start_id)]], dtype=torch.long)
@@ -242,7 +245,8 @@ class MagmaPolicy:
         mask = torch.as_tensor(batch.get("attention_mask", torch.ones_like(ids)))
         extended = {**batch, "input_ids": torch.cat([ids, extra.to(ids.device)], dim=1),
                     "attention_mask": torch.cat([mask, torch.ones_like(extra).to(mask.device)], dim=1)}
-        return extended, int(candidates[best].mark_id), {int(m.mark_id): float(v) for m, v in zip(candidates, scores)}
+        return (extended, int(candidates[best].mark_id), {int(m.mark_id): float(v) for m, v in zip(candidates, scores)},
+                cache)
 
     def _trace_mark_ids(self, marks) -> frozenset[int]:
         ids = frozenset(m for m, _ in marks)

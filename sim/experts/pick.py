@@ -28,6 +28,27 @@ class PickPlaceExpert(ScriptedExpert):
         self.yaw = 0.0
         self.grasp_offset = 0.0  # TCP z minus block centre z while held
 
+    def take_over(self, obs: dict, info: dict) -> str:
+        """Start acting from a state another controller left (a learned policy, for recovery data): holding the
+        block -> lift and carry it on; fingers closed on nothing -> open and start over; else approach. Returns
+        the phase chosen."""
+        self.reset()
+        priv = info["privileged"]
+        tcp = np.asarray(obs["ee_pose"], dtype=np.float64)
+        obj = object_state(priv, "object")
+        obj_pos = np.asarray(obj["position"])
+        closed = float(info.get("gripper_command", 0.0)) >= 0.5
+        pinched = float(obs["gripper"][0]) > 0.6 * 2 * float(np.min(obj["half_extents"]))
+        self.yaw = closest_equivalent(yaw_of(obj["orientation"]), np.pi / 2, yaw_of(tcp[3:7]))
+        if closed and pinched and np.linalg.norm(obj_pos[:2] - tcp[:2]) < 0.03 and abs(obj_pos[2] - tcp[2]) < 0.05:
+            self.grasp_offset = float(tcp[2] - obj_pos[2])
+            self._go("lift")
+        elif closed:
+            self._go("recover")
+        else:
+            self._go("approach")
+        return self.phase
+
     # -- per-task place geometry -----------------------------------------------------------------
     def place_xy(self, priv: dict) -> np.ndarray:
         return np.asarray(object_state(priv, "target")["position"][:2])
