@@ -27,9 +27,9 @@ def env():
 class _StepCounting(HeuristicPolicy):
     """The heuristic, remembering where the arm was at each call (to check where the recording starts)."""
 
-    def reset(self, *args, **kwargs):
+    def __init__(self):
+        super().__init__()
         self.seen = []
-        return super().reset(*args, **kwargs)
 
     def infer(self, obs):
         self.seen.append(np.asarray(obs["ee_pose"], dtype=np.float64).copy())
