@@ -43,7 +43,7 @@ def test_the_recording_starts_where_the_policy_left_the_arm_and_the_expert_finis
     assert len(policy.seen) == 12
     # The first recorded frame is the state after the policy's 12 steps, not the reset pose it started from.
     assert np.linalg.norm(episode.ee_pose[0][:3] - policy.seen[0][:3]) > 0.02
-    assert episode.metadata["takeover_step"] == 12 and episode.metadata["takeover_phase"] in ("approach", "lift", "recover")
+    assert episode.metadata["takeover_step"] == 12 and episode.metadata["takeover_phase"] in ("approach", "lift", "lower", "recover")
     # Ground-truth traces start at the recorded gripper: the labels are the expert's future from that state.
     assert episode.gt_traces.shape[0] == len(episode)
 
@@ -63,6 +63,10 @@ def test_the_expert_picks_its_phase_from_the_state_it_is_handed(env):
     while scripted.phase != "lift":
         obs, _, _, _, info = env.step(scripted.act(obs, info))
     assert make_expert("pick_place").take_over(obs, info) == "lift"
+    # Holding it over the place: lower and let go from there.
+    while scripted.phase != "lower":
+        obs, _, _, _, info = env.step(scripted.act(obs, info))
+    assert make_expert("pick_place").take_over(obs, info) == "lower"
 
 
 def test_generate_with_a_takeover_policy(tmp_path):

@@ -30,8 +30,8 @@ class PickPlaceExpert(ScriptedExpert):
 
     def take_over(self, obs: dict, info: dict) -> str:
         """Start acting from a state another controller left (a learned policy, for recovery data): holding the
-        block -> lift and carry it on; fingers closed on nothing -> open and start over; else approach. Returns
-        the phase chosen."""
+        block -> lower and release it when it is over the place already, else lift and carry it on; fingers closed
+        on nothing -> open and start over; else approach. Returns the phase chosen."""
         self.reset()
         priv = info["privileged"]
         tcp = np.asarray(obs["ee_pose"], dtype=np.float64)
@@ -42,7 +42,10 @@ class PickPlaceExpert(ScriptedExpert):
         self.yaw = closest_equivalent(yaw_of(obj["orientation"]), np.pi / 2, yaw_of(tcp[3:7]))
         if closed and pinched and np.linalg.norm(obj_pos[:2] - tcp[:2]) < 0.03 and abs(obj_pos[2] - tcp[2]) < 0.05:
             self.grasp_offset = float(tcp[2] - obj_pos[2])
-            self._go("lift")
+            # Already over the place (a policy that carried the block there but did not let go): lower and release
+            # from here rather than lifting and carrying it over again.
+            over_place = np.linalg.norm(obj_pos[:2] - self.place_xy(priv)) < 0.02
+            self._go("lower" if over_place else "lift")
         elif closed:
             self._go("recover")
         else:
