@@ -65,6 +65,8 @@ def format_summary(s) -> str:
         f"wrote {s.out}",
         f"  episodes  : {s.kept} kept of {s.attempted} rolled out ({s.frames} frames)",
         f"  expert    : {100 * s.expert_success_rate:.1f}% success ({per_task})",
+        *([f"  takeover  : {s.finished_before_takeover} episode(s) ended before the expert's turn (nothing to record)"]
+          if s.config.get("takeover_policy") else []),
         f"  size      : {s.bytes_on_disk / 1e6:.2f} MB on disk",
         f"  time      : {s.seconds:.1f} s ({s.episodes_per_minute:.1f} episodes/min at {s.config['image_size']} px)",
     ]

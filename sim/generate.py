@@ -51,11 +51,15 @@ class GenerateSummary:
     bytes_on_disk: int
     tracker_comparison: dict | None = None
     config: dict = field(default_factory=dict)
+    # Takeover runs: episodes the policy finished (or ran out of steps) before the expert's turn; not counted in
+    # expert_successes.
+    finished_before_takeover: int = 0
 
     @property
     def expert_success_rate(self) -> float:
         wins = sum(s for s, _ in self.expert_successes.values())
-        return wins / self.attempted if self.attempted else 0.0
+        tries = sum(n for _, n in self.expert_successes.values())
+        return wins / tries if tries else 0.0
 
     @property
     def episodes_per_minute(self) -> float:
@@ -167,7 +171,7 @@ def generate_dataset(out: str | os.PathLike, tasks: str | list[str] = "all", epi
     writer = LeRobotV3Writer(out, fps=float(config.control_hz), overwrite=overwrite, vcodec=config.vcodec)
     items = [(task, seed_start + i) for task in task_list for i in range(episodes)]
     counts = {task: [0, 0] for task in task_list}
-    frames = kept = 0
+    frames = kept = skipped = 0
     compared = []
     bar = None
     if progress:
@@ -177,7 +181,7 @@ def generate_dataset(out: str | os.PathLike, tasks: str | list[str] = "all", epi
     try:
         for episode in _episodes(items, config, workers):
             if isinstance(episode, tuple):  # takeover: the policy finished before the expert's turn
-                counts[episode[0]][1] += 1
+                skipped += 1
                 if bar is not None:
                     bar.update(1)
                 continue
@@ -211,4 +215,4 @@ def generate_dataset(out: str | os.PathLike, tasks: str | list[str] = "all", epi
     size = sum(f.stat().st_size for f in Path(root).rglob("*") if f.is_file())
     return GenerateSummary(out=str(root), tasks=task_list, attempted=len(items), kept=kept, frames=frames,
                            expert_successes=counts, seconds=seconds, bytes_on_disk=size,
-                           tracker_comparison=comparison, config=asdict(config))
+                           tracker_comparison=comparison, config=asdict(config), finished_before_takeover=skipped)

@@ -73,6 +73,8 @@ def test_generate_with_a_takeover_policy(tmp_path):
     config = GenerateConfig(image_size=64, n_future=8, takeover_policy="heuristic", takeover_steps=(6, 20))
     summary = generate_dataset(tmp_path / "takeover", "pick_place", episodes=2, seed_start=30, config=config)
     assert summary.kept >= 1 and summary.config["takeover_policy"] == "heuristic"
+    assert summary.kept + summary.finished_before_takeover <= summary.attempted == 2
+    assert sum(n for _, n in summary.expert_successes.values()) == summary.attempted - summary.finished_before_takeover
     data = LeRobotV3Dataset(tmp_path / "takeover")
     assert len(data) == summary.kept and data.num_frames == summary.frames
     assert all(6 <= takeover_step_for(30 + i, (6, 20)) <= 20 for i in range(2))
