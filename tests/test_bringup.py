@@ -273,7 +273,7 @@ def test_demo_runs_an_episode_of_pick_place_to_success(tmp_path):
     out = tmp_path / "demo"
     # Two episodes: the asynchronous loop (policy at 5 Hz beside a 10 Hz sim) has, on a loaded 2-core CI machine,
     # once run a seed out of time; the heuristic succeeds on both seeds on an idle one (see the closing notes).
-    proc = subprocess.run([sys.executable, "-m", "magma_ros.commands_demo", "--episodes", "2", "--seed-start", "1",
+    proc = subprocess.run([sys.executable, "-m", "magma_ros.commands_demo", "--policy", "heuristic", "--episodes", "2", "--seed-start", "1",
                            "--out", str(out), "--json"], capture_output=True, text=True, timeout=150,
                           env=_local_env(tmp_path), cwd=str(REPO))
     assert proc.returncode == 0, proc.stderr[-3000:]

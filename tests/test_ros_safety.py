@@ -33,6 +33,7 @@ def test_per_step_limits_follow_the_speeds_and_rate():
 @pytest.mark.parametrize("kwargs,message", [
     ({"workspace_low": (0.0, 0.0, 1.0), "workspace_high": (1.0, 1.0, 0.5)}, "empty"),
     ({"workspace_mode": "bounce"}, "workspace_mode"),
+    ({"workspace_margin": -0.01}, "workspace_margin"),
     ({"max_step": 0.0}, "max_step must be a positive"),
     ({"stale_after_s": float("nan")}, "stale_after_s"),
 ])
@@ -86,6 +87,15 @@ def test_workspace_reject_holds_and_clip_moves_inside():
         outside, 0.0, current, source_stamp_ns=NOW, now_ns=NOW)
     assert clipped.code == "clipped" and clipped.level == "WARN"
     np.testing.assert_allclose(clipped.target[:3], [0.85, 0.0, 0.3])
+    # Just below the box's floor (a grasp point rounded a depth bin too low): clipped even in reject mode.
+    low = pose(0.44, 0.0, 0.001)
+    nudged = SafetyGate(SafetyLimits(max_step=1.0, max_linear_speed=100.0)).check(
+        low, 0.0, pose(0.44, 0.0, 0.02), source_stamp_ns=NOW, now_ns=NOW)
+    assert nudged.code == "clipped" and not nudged.hold
+    np.testing.assert_allclose(nudged.target[:3], [0.44, 0.0, 0.005])
+    strict = SafetyGate(SafetyLimits(workspace_margin=0.0)).check(low, 0.0, pose(0.44, 0.0, 0.02), source_stamp_ns=NOW,
+                                                                  now_ns=NOW)
+    assert strict.hold and strict.code == "workspace"
 
 
 @pytest.mark.parametrize("target,current,stamp,code", [

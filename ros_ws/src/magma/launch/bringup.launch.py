@@ -1,4 +1,4 @@
-"""`ros2 launch magma bringup.launch.py [use_sim:=true] [policy:=heuristic] ...`: the magma graph.
+"""`ros2 launch magma bringup.launch.py [use_sim:=true] [policy:=embedded] ...`: the magma graph.
 
 The nodes and their parameters come from magma_ros.graph.build_graph, the same description the pip-only
 launcher (`magma bringup`) starts, so both bring up the same graph. `ros2 launch magma bringup.launch.py

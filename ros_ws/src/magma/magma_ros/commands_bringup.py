@@ -23,7 +23,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                      help="simulated arm and camera (default)")
     sim.add_argument("--no-sim", dest="use_sim", action="store_false", help="camera node; the arm driver runs elsewhere")
     d = ARGUMENT_DEFAULTS
-    parser.add_argument("--policy", default=d["policy"], help="'heuristic' or 'package.module:ClassName'")
+    parser.add_argument("--policy", default=d["policy"], help="'embedded' (default), 'heuristic' or 'package.module:ClassName'")
     parser.add_argument("--checkpoint", default=d["checkpoint"], help="local checkpoint directory for the policy")
     parser.add_argument("--mode", default=d["mode"], choices=("trace", "action"), help="policy output / controller input")
     parser.add_argument("--instruction", default=d["instruction"], help="instruction (simulation: default per episode)")

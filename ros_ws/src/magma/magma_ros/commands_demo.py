@@ -48,8 +48,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     # Held-out seeds, the same default as `magma eval`: `magma dataset generate` starts at 0.
     parser.add_argument("--seed-start", type=int, default=10_000,
                         help="seed of the first episode; then +1 each (default 10000, outside the training seeds)")
-    parser.add_argument("--policy", default="heuristic",
-                        help="'heuristic' (default), 'embedded' (the trained magma-tiny, once shipped) or 'package.module:ClassName'")
+    parser.add_argument("--policy", default="embedded",
+                        help="'embedded' (default: the trained magma-tiny), 'heuristic' or 'package.module:ClassName'")
     parser.add_argument("--checkpoint", default="", help="local checkpoint directory for the policy")
     parser.add_argument("--episode-timeout", type=float, default=60.0, help="seconds before an episode counts as failed")
     parser.add_argument("--image-size", type=int, default=128, help="simulated camera size in pixels")

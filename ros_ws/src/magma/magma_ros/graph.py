@@ -29,7 +29,7 @@ POLICY_MODES = ("trace", "action")
 # options of `magma bringup` (their defaults are the same, checked by tests/test_bringup.py).
 ARGUMENTS: tuple[tuple[str, str, str], ...] = (
     ("use_sim", "true", "Run the simulated arm and camera (sim_bridge) instead of a camera node and a real arm."),
-    ("policy", "heuristic", "Policy of the policy node: 'heuristic' or 'package.module:ClassName'."),
+    ("policy", "embedded", "Policy of the policy node: 'embedded' (the trained magma-tiny), 'heuristic' or 'package.module:ClassName'."),
     ("checkpoint", "", "Local checkpoint directory for ClassName.from_pretrained (empty: no weights)."),
     ("mode", "trace", "Policy output and controller input: 'trace' (Trace-of-Mark) or 'action' (7-D deltas)."),
     ("instruction", "", "Instruction to follow; empty in simulation: each episode's own task instruction."),
@@ -157,7 +157,7 @@ def _number(value: Any, name: str, kind: type, low: float) -> Any:
     return number
 
 
-def build_graph(use_sim: bool | str = True, policy: str = "heuristic", checkpoint: str = "", mode: str = "trace",
+def build_graph(use_sim: bool | str = True, policy: str = "embedded", checkpoint: str = "", mode: str = "trace",
                 instruction: str = "", camera_source: str = "0", camera_info: str = "", extrinsics: str = "",
                 task: str = "pick_place", seed: int | str = 0, seeds: str | Sequence[int] | None = None,
                 auto_reset: bool | str = False, image_size: int | str = 128, sim_hz: int | str = 10,
@@ -175,7 +175,7 @@ def build_graph(use_sim: bool | str = True, policy: str = "heuristic", checkpoin
     if mode not in POLICY_MODES:
         raise InvalidInputError(f"mode must be one of {', '.join(POLICY_MODES)}, got {mode!r}")
     if not str(policy).strip():
-        raise InvalidInputError("policy must not be empty ('heuristic' or 'package.module:ClassName')")
+        raise InvalidInputError("policy must not be empty ('embedded', 'heuristic' or 'package.module:ClassName')")
     sim_hz = _number(sim_hz, "sim_hz", int, 0)
     if 240 % sim_hz:
         raise InvalidInputError(f"sim_hz must divide 240 (the physics rate), got {sim_hz}")

@@ -9,7 +9,10 @@ radians) from the measured pose, so a lagging or blocked arm cannot be pulled ha
 target. After a hold the first target is limited from the measured pose.
 
 "reject" is the default because a target outside the box usually means a wrong calibration or a bad
-prediction: sliding along the box wall toward it ("clip") would still act on garbage.
+prediction: sliding along the box wall toward it ("clip") would still act on garbage. A target just
+outside it (within ``workspace_margin``, 1 cm by default) is clipped in both modes: a grasp point a few
+millimetres below the table's floor of the box is a depth reading's rounding (one depth bin of a trace is
+about 6 mm), not garbage, and holding there would stall every grasp of a low object.
 """
 from __future__ import annotations
 
@@ -31,6 +34,7 @@ class SafetyLimits:
     workspace_low: tuple[float, float, float] = (0.15, -0.5, 0.005)
     workspace_high: tuple[float, float, float] = (0.85, 0.5, 0.65)
     workspace_mode: str = "reject"
+    workspace_margin: float = 0.01
     max_linear_speed: float = 0.25
     max_angular_speed: float = 1.0
     max_step: float = 0.05
@@ -47,6 +51,9 @@ class SafetyLimits:
             raise InvalidInputError(f"workspace box is empty: low {low.tolist()} must be below high {high.tolist()} on every axis")
         if self.workspace_mode not in WORKSPACE_MODES:
             raise InvalidInputError(f"workspace_mode must be one of {WORKSPACE_MODES}, got {self.workspace_mode!r}")
+        if not (isinstance(self.workspace_margin, (int, float)) and math.isfinite(self.workspace_margin)
+                and self.workspace_margin >= 0):
+            raise InvalidInputError(f"workspace_margin must be a number >= 0, got {self.workspace_margin!r}")
         for name in ("max_linear_speed", "max_angular_speed", "max_step", "max_step_angle", "control_hz", "stale_after_s"):
             value = getattr(self, name)
             if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
@@ -206,10 +213,12 @@ class SafetyGate:
         code, level, note = "ok", "OK", ""
         if not in_workspace(target[:3], self.limits):
             where = np.round(target[:3], 3).tolist()
-            if self.limits.workspace_mode == "reject":
+            inside = clip_to_workspace(target[:3], self.limits)
+            near = float(np.linalg.norm(inside - target[:3])) <= self.limits.workspace_margin
+            if self.limits.workspace_mode == "reject" and not near:
                 return Verdict(None, None, "workspace", "WARN", f"target {where} is outside the workspace box")
             target = target.copy()
-            target[:3] = clip_to_workspace(target[:3], self.limits)
+            target[:3] = inside
             code, level, note = "clipped", "WARN", f"target {where} clipped to the workspace box"
         reference = self.last_target if self.last_target is not None else np.asarray(current, dtype=np.float64)
         limited = limit_step(reference, target, self.limits.step_limit, self.limits.angle_limit)

@@ -59,6 +59,7 @@ PARAMETERS = (
     Param("workspace_low", [0.15, -0.5, 0.005], "Workspace box lower corner, base frame, metres."),
     Param("workspace_high", [0.85, 0.5, 0.65], "Workspace box upper corner, base frame, metres."),
     Param("workspace_mode", "reject", "'reject': hold (and warn) on a target outside the box; 'clip': move it inside."),
+    Param("workspace_margin", 0.01, "A target at most this far outside the box (metres) is moved inside in either mode."),
     Param("max_linear_speed", 0.25, "Fastest commanded TCP speed, m/s (successive targets are at most speed/control_hz apart)."),
     Param("max_angular_speed", 1.0, "Fastest commanded TCP rotation, rad/s."),
     Param("max_step", 0.05, "Farthest a target may lie from the measured TCP position, metres (bounds the pull on a lagging arm)."),
@@ -141,7 +142,8 @@ class ControllerNode(Node):
     @staticmethod
     def _limits(cfg: dict) -> SafetyLimits:
         return SafetyLimits(workspace_low=tuple(cfg["workspace_low"]), workspace_high=tuple(cfg["workspace_high"]),
-                            workspace_mode=cfg["workspace_mode"], max_linear_speed=float(cfg["max_linear_speed"]),
+                            workspace_mode=cfg["workspace_mode"], workspace_margin=float(cfg["workspace_margin"]),
+                            max_linear_speed=float(cfg["max_linear_speed"]),
                             max_angular_speed=float(cfg["max_angular_speed"]), max_step=float(cfg["max_step"]),
                             max_step_angle=float(cfg["max_step_angle"]),
                             control_hz=float(cfg["control_hz"]), stale_after_s=float(cfg["stale_after_s"]))

@@ -33,7 +33,8 @@ MODES = ("trace", "action")
 # How often a missing extrinsics file is read again (the sim bridge may write it after this node starts).
 EXTRINSICS_RETRY_S = 1.0
 PARAMETERS = (
-    Param("policy", "heuristic", "Policy to run: 'heuristic' or 'package.module:ClassName'.", read_only=True),
+    Param("policy", "embedded", "Policy to run: 'embedded' (the trained magma-tiny), 'heuristic' or 'package.module:ClassName'.",
+          read_only=True),
     Param("policy_path", "", "Local directory handed to ClassName.from_pretrained (empty: construct without weights).", read_only=True),
     Param("mode", "trace", "Output: 'trace' (magma/trace, marks, trace_text) or 'action' (magma/actions)."),
     Param("rate_hz", 5.0, "Most inferences per second; each runs on the newest frame."),
