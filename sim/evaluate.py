@@ -117,7 +117,8 @@ def command_from_output(output: Any, obs: dict, follower: TraceFollower) -> np.n
     raise InvalidInputError(f"policy output has neither 'actions' nor 'trace' (keys: {sorted(output)})")
 
 
-def _reset_policy(policy: Any, seed: int) -> None:
+def reset_policy(policy: Any, seed: int) -> None:
+    """Start a new episode for `policy` (with the seed when its reset takes one)."""
     try:
         takes_seed = "seed" in inspect.signature(policy.reset).parameters
     except (TypeError, ValueError):
@@ -149,23 +150,27 @@ def _drawable(output: Any) -> list | None:
     return traces
 
 
+def policy_command(policy: Any, obs: dict, info: dict, follower: TraceFollower) -> tuple[np.ndarray, Any, bool]:
+    """(waypoint the env runs, the policy's output or None, whether it was usable) for one step. As on the robot,
+    an unparsable model output or an unusable command makes the arm hold still."""
+    output = None
+    try:
+        output = policy.infer(obs, info) if getattr(policy, "privileged", False) else policy.infer(obs)
+        return command_from_output(output, obs, follower), output, True
+    except InvalidInputError:
+        return _hold_still(obs, info), output, False
+
+
 def run_episode(env, policy: Any, seed: int, follower: TraceFollower, record: bool = False):
     """Run one episode; return (EpisodeResult, frames, per-frame predicted traces) (frames only if `record`)."""
-    privileged = bool(getattr(policy, "privileged", False))
     obs, info = env.reset(seed=seed)
-    _reset_policy(policy, seed)
+    reset_policy(policy, seed)
     follower.reset()
     frames, drawn = [], []
     invalid = 0
     while True:
-        output = None
-        try:
-            output = policy.infer(obs, info) if privileged else policy.infer(obs)
-            command = command_from_output(output, obs, follower)
-        except InvalidInputError:
-            # As on the robot: an unparsable model output or an unusable command makes the arm hold still.
-            invalid += 1
-            command = _hold_still(obs, info)
+        command, output, usable = policy_command(policy, obs, info, follower)
+        invalid += not usable
         if record:
             frames.append(obs["rgb"])
             drawn.append(_drawable(output) or [])

@@ -49,17 +49,14 @@ def rollout_takeover(task: str, seed: int, policy, takeover_step: int, *, env: T
     so the data shows how to go on from the states the policy itself reaches. None when the episode ended or
     succeeded before the takeover (nothing to recover from). The recorded steps count from the takeover."""
     from magma_core.errors import InvalidInputError  # noqa: PLC0415
-    from magma_sim.evaluate import _hold_still, _reset_policy, command_from_output  # noqa: PLC0415
+    from magma_sim.evaluate import policy_command, reset_policy  # noqa: PLC0415
     from magma_sim.trace_follow import TraceFollower  # noqa: PLC0415
 
     obs, info = env.reset(seed=seed)
-    _reset_policy(policy, seed)
+    reset_policy(policy, seed)
     follower = TraceFollower(lookahead)
     for _ in range(int(takeover_step)):
-        try:
-            command = command_from_output(policy.infer(obs), obs, follower)
-        except InvalidInputError:
-            command = _hold_still(obs, info)
+        command, _, _ = policy_command(policy, obs, info, follower)
         obs, _, terminated, truncated, info = env.step(command)
         if info["success"] or terminated or truncated:
             return None

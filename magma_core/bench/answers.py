@@ -119,7 +119,7 @@ def _goal_ranked_first(model, processor, item) -> bool:
     texts = [m[2] for line in item.prompt.splitlines() if (m := _MARK_LINE.match(line)) and m[1] != "1"]
     if truth not in texts:
         return False
-    scores, _ = goal_line_scores(model, processor, processor([item.image], [item.prompt]), texts)
+    scores = goal_line_scores(model, processor, processor([item.image], [item.prompt]), texts)[0]
     return texts[max(range(len(texts)), key=scores.__getitem__)] == truth
 
 

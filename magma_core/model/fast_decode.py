@@ -335,8 +335,8 @@ def score_continuations_cached(model, batch: dict, continuations: list[list[int]
     common = 0
     while all(len(c) > common + 1 and c[common] == conts[0][common] for c in conts):
         common += 1  # every continuation keeps at least one token of its own
-    longest = max(len(c) for c in conts)
-    runner = _model_runner(model, batch, backend, capacity=len(prompt) + longest + max(int(room), 0))
+    longest, room = max(len(c) for c in conts), max(int(room), 0)
+    runner = _model_runner(model, batch, backend, capacity=len(prompt) + longest + room)
     with torch.inference_mode():
         rows = torch.log_softmax(runner.feed(prompt + conts[0][:common], logits_to_keep=common + 1).float(), dim=-1)
         shared = float(sum(rows[i, conts[0][i]] for i in range(common)))
@@ -349,7 +349,7 @@ def score_continuations_cached(model, batch: dict, continuations: list[list[int]
                 score += float(sum(own[i, rest[i + 1]] for i in range(len(rest) - 1)))
                 runner.crop_last(len(rest) - 1)
             scores.append(score)
-    return scores, PromptCache(runner, prompt + conts[0][:common], room=longest - common + max(int(room), 0))
+    return scores, PromptCache(runner, prompt + conts[0][:common], room=longest - common + room)
 
 
 # ---------------------------------------------------------------------- model runners

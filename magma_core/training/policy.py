@@ -192,7 +192,7 @@ class MagmaPolicy:
         final = GRIPPER_MARK_ID if goal_first and GRIPPER_MARK_ID in trace_ids and len(trace_ids) > 1 else None
         grammar = TraceGrammar(expect_steps=self.trace_steps + 1, expect_25d=True, n_depth_bins=self.depth_binning.n_bins,
                                mark_ids=trace_ids, max_marks=min(self.max_marks, len(marks)), anchors=anchors, final_mark=final)
-        budget = 16 + grammar.max_marks * (8 + TOKENS_PER_STEP * (self.trace_steps + 1))
+        budget = self._answer_budget(grammar.max_marks)
         prefix = ""
         gripper, gripper_cell = proposal.gripper, dict(marks).get(GRIPPER_MARK_ID)
         if (self.trace_order == "gripper_first" and gripper is not None and gripper_cell is not None
@@ -235,8 +235,8 @@ class MagmaPolicy:
         from magma_core.model.generation import goal_line_scores
         from magma_core.prompts import TRACE_START
 
-        # Room in the cache for the chosen line's own tokens, the trace start and the longest trace answer.
-        room = 64 + 16 + self.max_marks * (8 + TOKENS_PER_STEP * (self.trace_steps + 1))
+        # Room in the cache for the chosen line's own tokens (64 at most), the trace start and the longest answer.
+        room = 64 + self._answer_budget(self.max_marks)
         scores, lines, cache = goal_line_scores(self.model, self.processor, batch, [m.text for m in candidates], room=room)
         best = self.goal_belief.update([m.point for m in candidates], scores, opening_m)
         start_id = self.processor.tokenizer.convert_tokens_to_ids(TRACE_START)
@@ -247,6 +247,10 @@ class MagmaPolicy:
                     "attention_mask": torch.cat([mask, torch.ones_like(extra).to(mask.device)], dim=1)}
         return (extended, int(candidates[best].mark_id), {int(m.mark_id): float(v) for m, v in zip(candidates, scores)},
                 cache)
+
+    def _answer_budget(self, n_marks: int) -> int:
+        """Most tokens a trace answer of `n_marks` traces may take."""
+        return 16 + n_marks * (8 + TOKENS_PER_STEP * (self.trace_steps + 1))
 
     def _trace_mark_ids(self, marks) -> frozenset[int]:
         ids = frozenset(m for m, _ in marks)
