@@ -246,6 +246,20 @@ def test_resume_continues_the_same_run(dataset_dir, tmp_path):
         Trainer(_config(dataset_dir, tmp_path / "b"), progress=False)
 
 
+def test_prefetching_batches_in_a_thread_trains_exactly_the_same_run(dataset_dir, tmp_path):
+    from magma_core.training.trainer import Trainer
+
+    plain = Trainer(_config(dataset_dir, tmp_path / "plain", grad_accum=2, steps=3), progress=False, prefetch=False)
+    ahead = Trainer(_config(dataset_dir, tmp_path / "ahead", grad_accum=2, steps=3), progress=False, prefetch=True)
+    assert ahead.prefetch and not plain.prefetch
+    plain_losses, ahead_losses = plain.train().losses, ahead.train().losses
+    assert len(ahead_losses) == 3
+    assert ahead_losses == pytest.approx(plain_losses, rel=1e-6)
+    a, b = plain.model.state_dict(), ahead.model.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_resume_refuses_a_pickled_optimizer_state(dataset_dir, tmp_path):
     from magma_core.model import CheckpointError
     from magma_core.training.trainer import Trainer

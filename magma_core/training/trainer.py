@@ -88,7 +88,7 @@ class Trainer:
     """
 
     def __init__(self, config: TrainConfig, resume: bool = False, progress: bool = True,
-                 context: DistributedContext | None = None) -> None:
+                 context: DistributedContext | None = None, prefetch: bool | None = None) -> None:
         if not isinstance(config, TrainConfig):
             raise InvalidInputError(f"config must be a TrainConfig, got {type(config).__name__}")
         self.config = config
@@ -98,6 +98,10 @@ class Trainer:
         self.out = Path(config.out)
         self.checkpoint_dir = self.out / CHECKPOINT_DIR
         self.device = self.context.device
+        # Building a batch (decode, augment, draw, tokenize) is CPU work that a GPU would wait for: on CUDA
+        # the next batch is built in a background thread while the current one trains. On a CPU both
+        # would compete for the same cores, so it is off there unless asked for.
+        self.prefetch = (self.device.type == "cuda") if prefetch is None else bool(prefetch)
         self.step = 0
         self.context.shard(config.batch_size)  # a global batch that cannot split over the ranks fails now
         torch.manual_seed(config.seed)
@@ -180,7 +184,16 @@ class Trainer:
 
     def batch(self, step: int, micro: int) -> dict:
         """This rank's slice of micro-batch `micro` of optimizer step `step` (a pure function of the three;
-        the whole micro-batch in a single process)."""
+        the whole micro-batch in a single process), on the training device."""
+        return self._to_device(self.host_batch(step, micro))
+
+    def _to_device(self, batch: dict) -> dict:
+        if self.device.type == "cuda":
+            return {k: v.pin_memory().to(self.device, non_blocking=True) for k, v in batch.items()}
+        return {k: v.to(self.device) for k, v in batch.items()}
+
+    def host_batch(self, step: int, micro: int) -> dict:
+        """`batch` before it moves to the device (CPU tensors)."""
         cfg = self.config
         first = (step * cfg.grad_accum + micro) * cfg.batch_size
         offset, count = self.context.shard(cfg.batch_size)
@@ -188,8 +201,7 @@ class Trainer:
         for index in range(first + offset, first + offset + count):
             item = self.mixture.item(index)
             examples.append(self.processor.build_example(item.image, item.prompt, answer=item.answer, answer_ids=item.answer_ids))
-        batch = self.processor.collate(examples, padding_side="right")
-        return {k: v.to(self.device) for k, v in batch.items()}
+        return self.processor.collate(examples, padding_side="right")
 
     def _micro_loss(self, batch: dict) -> torch.Tensor:
         """The loss to back-propagate for one micro-batch (already divided by grad_accum)."""
@@ -223,6 +235,7 @@ class Trainer:
         bar = _progress(self.step, end, self.progress)
         window: list[float] = []
         self.model.train()
+        batches = _BatchStream(self, self.step, end)
         try:
             while self.step < end:
                 lr = learning_rate(self.step, cfg)
@@ -230,7 +243,7 @@ class Trainer:
                     group["lr"] = lr
                 total = 0.0
                 for micro in range(cfg.grad_accum):
-                    batch = self.batch(self.step, micro)
+                    batch = batches.next(self.step, micro)
                     with self._gradient_sync(micro == cfg.grad_accum - 1):
                         loss = self._micro_loss(batch)
                         loss.backward()
@@ -263,6 +276,7 @@ class Trainer:
                         if bar is not None:
                             bar.set_postfix(sim_success=f"{rate:.2f}", step=self.step)
         finally:
+            batches.close()
             if bar is not None:
                 bar.close()
             if metrics is not None:
@@ -403,6 +417,41 @@ class Trainer:
             if cuda_key in keys and self.device.type == "cuda":
                 torch.cuda.set_rng_state(handle.get_tensor(cuda_key), self.device)
         self.step = state["step"]
+
+
+class _BatchStream:
+    """The batches of steps [start, end) in order; with the trainer's `prefetch`, the next one is built in a
+    background thread while the current one trains. Batches are pure functions of (step, micro), so the
+    stream yields exactly what `Trainer.batch` would."""
+
+    def __init__(self, trainer: Trainer, start: int, end: int) -> None:
+        self._trainer = trainer
+        self._keys = iter([(s, m) for s in range(start, end) for m in range(trainer.config.grad_accum)])
+        self._pool = None
+        self._pending = None  # (key, future)
+        if trainer.prefetch:
+            from concurrent.futures import ThreadPoolExecutor
+
+            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="magma-batches")
+            self._submit()
+
+    def _submit(self) -> None:
+        key = next(self._keys, None)
+        self._pending = None if key is None else (key, self._pool.submit(self._trainer.host_batch, *key))
+
+    def next(self, step: int, micro: int) -> dict:
+        if self._pool is None:
+            return self._trainer.batch(step, micro)
+        if self._pending is None or self._pending[0] != (step, micro):
+            raise RuntimeError(f"batch stream out of order: asked for {(step, micro)}")
+        batch = self._pending[1].result()
+        self._submit()
+        return self._trainer._to_device(batch)
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool = None
 
 
 class _MetricsLog:

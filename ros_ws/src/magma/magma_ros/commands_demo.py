@@ -11,10 +11,13 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
+import statistics
 import sys
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from collections import Counter
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from magma_core.errors import InvalidInputError
@@ -31,6 +34,31 @@ class EpisodeResult:
     steps: int
     wall_s: float
     timed_out: bool
+    # Where the controller's ticks went ("following", "dwelling", "finished", or a hold code such as "stale")
+    # and how old the policy's plans were when published: why an episode was slow or failed.
+    controller: dict = field(default_factory=dict)
+    plans: int = 0
+    plan_age_ms: dict = field(default_factory=dict)
+
+
+def controller_phase(code: str, message: str) -> str:
+    """One word for a controller state message: its hold code, else what it is doing with the plan."""
+    if code not in ("ok", "clipped"):
+        return code
+    if message.startswith("dwelling"):
+        return "dwelling"
+    if message.startswith("plan finished"):
+        return "finished"
+    return "following" if code == "ok" else "clipped"
+
+
+def summarize_ages(ages_ms: list[float]) -> dict:
+    """Median and 95th percentile (ms) of plan ages; empty without plans."""
+    if not ages_ms:
+        return {}
+    ordered = sorted(ages_ms)
+    p95 = ordered[min(len(ordered) - 1, math.ceil(0.95 * len(ordered)) - 1)]  # nearest rank
+    return {"median": round(statistics.median(ordered), 1), "p95": round(p95, 1)}
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -66,6 +94,38 @@ class EpisodeWatch:
         self.first_seen: dict[int, float] = {}
         self.success_seen: dict[int, bool] = {}
         self.frames: list = []
+        self.phases: dict[int, Counter] = {}  # controller ticks per phase, per episode
+        self.plan_ages: dict[int, list[float]] = {}  # frame-to-publish ms of each plan, per episode
+
+    def _current(self) -> int | None:
+        return max(self.records) if self.records else None
+
+    def on_controller(self, _now: float, msg) -> None:
+        from magma_ros.converters import status_values
+
+        episode = self._current()
+        if episode is None:
+            return
+        code = status_values(msg).get("code", "unknown")
+        self.phases.setdefault(episode, Counter())[controller_phase(code, msg.message)] += 1
+
+    def on_latency(self, _now: float, msg) -> None:
+        from magma_ros.converters import MessageConversionError, msg_to_latency
+
+        episode = self._current()
+        if episode is None:
+            return
+        try:
+            report = msg_to_latency(msg)
+        except MessageConversionError:
+            return
+        self.plan_ages.setdefault(episode, []).append(report.frame_to_publish_ms)
+
+    def diagnostics(self, episode: int) -> dict:
+        """The controller phases, plan count and plan ages heard during `episode`."""
+        ages = self.plan_ages.get(episode, [])
+        return {"controller": dict(sorted(self.phases.get(episode, Counter()).items())), "plans": len(ages),
+                "plan_age_ms": summarize_ages(ages)}
 
     def on_episode(self, now: float, msg) -> None:
         record = json.loads(msg.data)
@@ -151,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _listen(env: dict[str, str], watch: EpisodeWatch):
+    from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus
     from sensor_msgs.msg import Image
     from std_msgs.msg import Bool, String
 
@@ -162,6 +223,8 @@ def _listen(env: dict[str, str], watch: EpisodeWatch):
     listener.subscribe(String, "sim/episode", qos.LATCHED, watch.on_episode)
     listener.subscribe(Bool, "sim/success", qos.LATCHED, watch.on_success)
     listener.subscribe(Image, "magma/overlay", qos.SENSOR, watch.on_overlay)
+    listener.subscribe(DiagnosticStatus, "magma/controller_state", qos.EVENTS, watch.on_controller)
+    listener.subscribe(DiagnosticArray, "magma/latency", qos.EVENTS, watch.on_latency)
     return listener
 
 
@@ -180,12 +243,15 @@ def _run_episode(index: int, seed: int, watch: EpisodeWatch, listener, launcher,
         if done:
             with listener.lock:
                 success = bool(record["success"] or watch.success_seen.get(index))
+                diagnostics = watch.diagnostics(index)
             return EpisodeResult(index, int(record["seed"]), success, int(record["step"]),
-                                 round(time.time() - begun, 2), False)
+                                 round(time.time() - begun, 2), False, **diagnostics)
         if time.monotonic() - wait_start > timeout + startup:
             listener.call_trigger("sim/reset")  # give up on this seed: the next episode starts at once
             steps = int(record["step"]) if record else 0
-            return EpisodeResult(index, seed, False, steps, round(time.monotonic() - wait_start, 2), True)
+            with listener.lock:
+                diagnostics = watch.diagnostics(index)
+            return EpisodeResult(index, seed, False, steps, round(time.monotonic() - wait_start, 2), True, **diagnostics)
         time.sleep(0.05)
 
 
