@@ -141,6 +141,20 @@ def test_throttled_log_reports_each_kind_of_problem_once_per_period(monkeypatch)
                      "image truncated: 7 bytes (1 more like this since the last report)"]
 
 
+
+def test_throttled_log_logs_errors_and_warnings_through_a_real_rclpy_logger():
+    # rclpy refuses one call site that logs at two severities; the controller's workspace warning after an
+    # earlier error used to raise here and turn a plain hold into an internal error.
+    import rclpy.logging
+
+    import magma_ros.nodes as nodes
+
+    log = nodes.ThrottledLog(rclpy.logging.get_logger("magma_test_throttled_log"), period=0.0)
+    for _ in range(2):
+        assert log.error("no calibration, holding")
+        assert log.warning("holding: target outside the workspace box")
+
+
 # --------------------------------------------------------------------------- camera
 
 

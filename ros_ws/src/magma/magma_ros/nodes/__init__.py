@@ -54,8 +54,13 @@ class ThrottledLog:
         if len(self._last) >= self.MAX_KEYS:
             self._last.clear()
         self._last[key] = (now, 0)
-        suffix = f" ({held} more like this since the last report)" if held else ""
-        getattr(self.logger, level)(message + suffix)
+        text = message + (f" ({held} more like this since the last report)" if held else "")
+        # rclpy keys its logging state by call site and refuses a site that logs at two severities
+        # ("Logger severity cannot be changed between calls"): one call line per severity.
+        if level == "error":
+            self.logger.error(text)
+        else:
+            self.logger.warning(text)
         return True
 
     def error(self, message: str, period: float | None = None) -> bool:
