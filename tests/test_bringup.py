@@ -70,6 +70,8 @@ def test_graph_wires_the_nodes_together():
     assert real["camera"]["source"] == "/frames" and real["controller"]["extrinsics_path"] == "/e.yaml"
     assert (real["policy"]["policy"], real["policy"]["policy_path"], real["policy"]["mode"]) == ("pkg.mod:Model", "/ckpt", "action")
     assert real["controller"]["mode"] == "action"
+    # In simulation out-of-box targets are clipped into the table's box (as magma eval does); hardware keeps 'reject'.
+    assert sim["controller"]["workspace_mode"] == "clip" and "workspace_mode" not in real["controller"]
 
 
 @pytest.mark.parametrize("kwargs, problem", [

@@ -279,6 +279,17 @@ def test_unknown_gripper_steps_keep_the_command():
     assert f.step([0.42, 0, 0.3], NOW).gripper == 1.0
 
 
+
+def test_the_first_row_of_a_plan_never_switches_the_gripper():
+    # Row 0 is the hand as the frame showed it. Just after the fingers opened at the place, a plan can
+    # still read them as closed there ("closed now, open next"): the arm must not close them again.
+    f = WaypointFollower(gripper_settle_s=0.5, initial_gripper=0.0)
+    f.set_plan(*_plan(0.40, 0.40, 0.40, gripper=np.array([1.0, 0.0, 0.0])), ee_position=[0.40, 0, 0.3])
+    for t in range(3):
+        cmd = f.step([0.40, 0, 0.3], NOW + t * 50_000_000)
+        assert cmd.gripper == 0.0 and not cmd.dwelling
+    assert f.switch_settled_ns == 0
+
 def test_follower_rejects_bad_plans_and_has_none_after_clear():
     f = WaypointFollower()
     with pytest.raises(InvalidInputError, match="NaN"):

@@ -77,7 +77,8 @@ class WaypointFollower:
     def set_plan(self, poses: np.ndarray, gripper: np.ndarray | None = None, ee_position: np.ndarray | None = None,
                  source_stamp_ns: int | None = None) -> bool:
         """Replace the plan: poses (N, 7) xyz + quat xyzw, row 0 being where the arm was at the frame;
-        gripper (N,) in 0..1, NaN or None where the plan does not say (the command is kept).
+        gripper (N,) in 0..1, NaN or None where the plan does not say (the command is kept); row 0's is
+        ignored (it is the state the frame showed, not a command).
         Without `ee_position` following starts at step 1. Returns False (the plan is kept as it was)
         when `source_stamp_ns`, the plan's frame time, is before the last gripper switch settled."""
         poses = np.asarray(poses, dtype=np.float64)
@@ -91,6 +92,10 @@ class WaypointFollower:
                 raise InvalidInputError(f"plan has {poses.shape[0]} poses but {gripper.shape[0]} gripper values")
             # Unknown gripper steps keep whatever the arm is doing.
             gripper = np.where(np.isfinite(gripper), np.clip(gripper, 0.0, 1.0), np.nan)
+            # Row 0 is the hand as the frame showed it: its gripper state is what the policy saw, not a command.
+            # Followed as one, a plan from a frame taken while the fingers were still moving switched them back
+            # (open at the place, then a plan saying "closed now" closed them again, and so on).
+            gripper[0] = np.nan
         if source_stamp_ns is not None and source_stamp_ns < self.switch_settled_ns:
             return False
         self.poses, self.plan_gripper = poses, gripper

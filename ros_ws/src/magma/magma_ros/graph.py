@@ -213,6 +213,11 @@ def build_graph(use_sim: bool | str = True, policy: str = "embedded", checkpoint
                                     "(from `magma calibrate handeye`)")
         nodes.append(_spec("camera", {"source": str(camera_source), "camera_info_path": str(camera_info)}, params_file))
     controller_params: dict[str, Any] = {"mode": mode, "control_hz": control_hz, "extrinsics_path": extrinsics}
+    if use_sim:
+        # The controller's box is the simulated table's, so a target moved into it is always safe there; `magma eval`
+        # clips the same way. Holding instead can deadlock: the arm stays still, the frame stays the same, and the
+        # policy answers the same out-of-box target again. Hardware keeps the config's 'reject'.
+        controller_params["workspace_mode"] = "clip"
     if teleop:
         controller_params["source"] = "teleop"
         if teleop != "external":
