@@ -290,6 +290,17 @@ def test_the_first_row_of_a_plan_never_switches_the_gripper():
         assert cmd.gripper == 0.0 and not cmd.dwelling
     assert f.switch_settled_ns == 0
 
+
+def test_starting_over_drops_the_plan_and_refuses_plans_from_older_frames():
+    f = WaypointFollower(gripper_settle_s=0.0)
+    assert f.set_plan(*_plan(0.40, 0.42), source_stamp_ns=NOW - 50_000_000)
+    f.start_over(NOW)  # a new instruction: the previous episode's plans are void
+    assert f.step([0.40, 0, 0.3], NOW) is None
+    assert not f.set_plan(*_plan(0.40, 0.44), source_stamp_ns=NOW - 10_000_000)  # planned from the old scene
+    assert f.step([0.40, 0, 0.3], NOW) is None
+    assert f.set_plan(*_plan(0.40, 0.46), source_stamp_ns=NOW + 10_000_000)
+    assert f.step([0.40, 0, 0.3], NOW).target[0] == pytest.approx(0.46)
+
 def test_follower_rejects_bad_plans_and_has_none_after_clear():
     f = WaypointFollower()
     with pytest.raises(InvalidInputError, match="NaN"):

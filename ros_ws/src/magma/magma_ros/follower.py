@@ -69,6 +69,7 @@ class WaypointFollower:
         self._dwell_until_ns = 0
         self._dwell_pose: np.ndarray | None = None
         self.switch_settled_ns = 0  # when the last gripper switch ended: older frames show the old state
+        self.plans_valid_from_ns = 0  # plans made from frames before this are void (a new task began)
 
     @property
     def has_plan(self) -> bool:
@@ -80,7 +81,8 @@ class WaypointFollower:
         gripper (N,) in 0..1, NaN or None where the plan does not say (the command is kept); row 0's is
         ignored (it is the state the frame showed, not a command).
         Without `ee_position` following starts at step 1. Returns False (the plan is kept as it was)
-        when `source_stamp_ns`, the plan's frame time, is before the last gripper switch settled."""
+        when `source_stamp_ns`, the plan's frame time, is before the last gripper switch settled or before
+        `start_over`."""
         poses = np.asarray(poses, dtype=np.float64)
         if poses.ndim != 2 or poses.shape[1] != 7 or poses.shape[0] == 0:
             raise InvalidInputError(f"plan poses must have shape (N, 7) with N >= 1, got {poses.shape}")
@@ -96,7 +98,7 @@ class WaypointFollower:
             # Followed as one, a plan from a frame taken while the fingers were still moving switched them back
             # (open at the place, then a plan saying "closed now" closed them again, and so on).
             gripper[0] = np.nan
-        if source_stamp_ns is not None and source_stamp_ns < self.switch_settled_ns:
+        if source_stamp_ns is not None and source_stamp_ns < max(self.switch_settled_ns, self.plans_valid_from_ns):
             return False
         self.poses, self.plan_gripper = poses, gripper
         if ee_position is None:
@@ -124,6 +126,12 @@ class WaypointFollower:
 
     def clear(self) -> None:
         self.poses = self.plan_gripper = None
+
+    def start_over(self, now_ns: int) -> None:
+        """A new task: drop the plan and turn down plans made from frames taken before `now_ns` (they were
+        planned for the old task, e.g. the previous episode's scene, and can still be on their way)."""
+        self.clear()
+        self.plans_valid_from_ns = int(now_ns)
 
     def step(self, ee_position: np.ndarray, now_ns: int) -> FollowCommand | None:
         """The command for this control step given the measured TCP position; None without a plan."""

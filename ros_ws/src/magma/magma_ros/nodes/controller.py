@@ -29,7 +29,7 @@ from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.node import Node
 from rclpy.parameter import Parameter
 from sensor_msgs.msg import CameraInfo, Image, PointCloud2
-from std_msgs.msg import Bool, Float32, Float32MultiArray
+from std_msgs.msg import Bool, Float32, Float32MultiArray, String
 
 from magma_core.errors import InvalidInputError
 from magma_ros import qos
@@ -125,6 +125,7 @@ class ControllerNode(Node):
         self.create_subscription(CameraInfo, "camera/camera_info", self._on_info, qos.SENSOR)
         self.create_subscription(Image, "camera/depth/image_raw", self._on_depth, qos.SENSOR)
         self.create_subscription(PoseStamped, "magma/ee_pose", self._on_ee_pose, qos.LATEST)
+        self.create_subscription(String, "magma/instruction", self._on_instruction, qos.LATCHED)
         # Teleop commands: reliable, newest only, like the policy's plans (a late command is replaced, not queued).
         self.create_subscription(TwistStamped, "magma/teleop/twist", self._on_teleop_twist, qos.LATEST)
         self.create_subscription(PoseStamped, "magma/teleop/pose", self._on_teleop_pose, qos.LATEST)
@@ -232,6 +233,17 @@ class ControllerNode(Node):
             self.teleop.on_gripper(msg.data, self._now_ns())
         except InvalidInputError as exc:
             self.log.error(f"teleop gripper ignored: {exc}")
+
+    def _on_instruction(self, msg: String) -> None:
+        # A new instruction is a new task (in simulation, a new episode in a new scene): the current plan and any
+        # plan still being made from an earlier frame belong to the old one.
+        self.follower.start_over(self._now_ns())
+        self.plan_stamp_ns = None
+        self._pending_trace = self._pending_actions = None
+        self.gate.last_target = None
+        if self.cfg["source"] == "policy":
+            self._hold = ("OK", "waiting", "new instruction, waiting for a plan made for it")
+        self.get_logger().info(f"instruction {msg.data!r}: earlier plans dropped")
 
     def _on_estop(self, msg: Bool) -> None:
         what = self.gate.estop.update(bool(msg.data))
