@@ -11,6 +11,7 @@ from std_msgs.msg import String  # noqa: E402
 @pytest.mark.parametrize("code, message, phase", [
     ("ok", "following", "following"),
     ("ok", "dwelling for the gripper", "dwelling"),
+    ("ok", "confirming the gripper switch from close by", "confirming"),
     ("ok", "plan finished, holding the last waypoint", "finished"),
     ("clipped", "target [0.5, 0.1, 0.001] clipped to the workspace box", "clipped"),
     ("stale", "trace frame is 1.2 s old", "stale"),

@@ -301,6 +301,22 @@ def test_starting_over_drops_the_plan_and_refuses_plans_from_older_frames():
     assert f.set_plan(*_plan(0.40, 0.46), source_stamp_ns=NOW + 10_000_000)
     assert f.step([0.40, 0, 0.3], NOW).target[0] == pytest.approx(0.46)
 
+
+def test_a_gripper_switch_planned_from_afar_waits_for_a_plan_seen_from_close_by():
+    f = WaypointFollower(gripper_settle_s=0.5, gripper_confirm_distance=0.02)
+    # Planned while the hand was 6 cm away: go there, but do not close on that plan's word.
+    f.set_plan(*_plan(0.40, 0.43, 0.46, gripper=np.array([0.0, 0.0, 1.0])), ee_position=[0.40, 0, 0.3])
+    f.step([0.40, 0, 0.3], NOW)
+    f.step([0.43, 0, 0.3], NOW)
+    cmd = f.step([0.46, 0, 0.3], NOW)
+    assert cmd.confirming and not cmd.dwelling and cmd.gripper == 0.0 and cmd.target[0] == pytest.approx(0.46)
+    # The next plan comes from a frame with the hand 1 cm from the grasp point: it closes there.
+    f.set_plan(*_plan(0.45, 0.46, 0.46, gripper=np.array([0.0, 1.0, 1.0])), ee_position=[0.46, 0, 0.3])
+    cmd = f.step([0.46, 0, 0.3], NOW + 100_000_000)
+    assert cmd.dwelling and cmd.gripper == 1.0 and not cmd.confirming
+    with pytest.raises(InvalidInputError, match="gripper_confirm_distance"):
+        WaypointFollower(gripper_confirm_distance=0.0)
+
 def test_follower_rejects_bad_plans_and_has_none_after_clear():
     f = WaypointFollower()
     with pytest.raises(InvalidInputError, match="NaN"):

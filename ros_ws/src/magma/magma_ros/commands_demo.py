@@ -47,6 +47,8 @@ def controller_phase(code: str, message: str) -> str:
         return code
     if message.startswith("dwelling"):
         return "dwelling"
+    if message.startswith("confirming"):
+        return "confirming"
     if message.startswith("plan finished"):
         return "finished"
     return "following" if code == "ok" else "clipped"

@@ -7,7 +7,10 @@ yet reached (plus ``lookahead`` steps) and advances, in order, when the end effe
 ``reach_tolerance`` of it. The gripper command changes only when the arm *reaches* a waypoint
 whose gripper state differs (within the tighter ``gripper_tolerance``: a grasp needs precision),
 and the arm then dwells there for ``gripper_settle_s`` so the fingers close (or open) before it
-moves on. During the dwell the gripper is locked: a new plan neither cuts the dwell short nor
+moves on. A plan arrives a few hundred milliseconds after its frame, and a grasp point seen from
+afar (the hand still centimetres above the block) is less exact than one seen from close by, so
+the switch also needs a plan whose frame showed the hand (row 0) within ``gripper_confirm_distance``
+of the switch: otherwise the arm waits there for the next plan (``confirming``). During the dwell the gripper is locked: a new plan neither cuts the dwell short nor
 reverses the change. A plan computed from a frame taken before the fingers settled (it arrives
 late when the machine is loaded) still sees the old gripper state and would undo the change, so
 `set_plan` turns down plans whose frame predates the end of the last switch (``source_stamp_ns``).
@@ -33,6 +36,7 @@ class FollowCommand:
     index: int
     finished: bool
     dwelling: bool
+    confirming: bool = False  # at a gripper change, waiting for a plan seen from close by
 
 
 def plan_from_deltas(ee_pose: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -51,9 +55,13 @@ def plan_from_deltas(ee_pose: np.ndarray, actions: np.ndarray) -> tuple[np.ndarr
 
 class WaypointFollower:
     def __init__(self, reach_tolerance: float = 0.01, lookahead: int = 0, gripper_settle_s: float = 0.5,
-                 initial_gripper: float = 0.0, gripper_tolerance: float = 0.005) -> None:
+                 initial_gripper: float = 0.0, gripper_tolerance: float = 0.005,
+                 gripper_confirm_distance: float = 0.02) -> None:
         if not reach_tolerance > 0 or not gripper_tolerance > 0:
             raise InvalidInputError(f"reach_tolerance and gripper_tolerance must be positive, got {reach_tolerance}, {gripper_tolerance}")
+        if not gripper_confirm_distance > 0:
+            raise InvalidInputError(f"gripper_confirm_distance must be positive, got {gripper_confirm_distance}")
+        self.gripper_confirm_distance = float(gripper_confirm_distance)
         if lookahead < 0:
             raise InvalidInputError(f"lookahead must be >= 0, got {lookahead}")
         if gripper_settle_s < 0:
@@ -142,6 +150,9 @@ class WaypointFollower:
         if now_ns < self._dwell_until_ns and self._dwell_pose is not None:
             return FollowCommand(self._dwell_pose.copy(), self.gripper, self.index, False, True)
         while np.linalg.norm(self.poses[self.index, :3] - ee) <= self._tolerance(self.index):
+            if self._changes_gripper(self.index) and not self._seen_from_close_by(self.index):
+                # Wait here for a plan made from a frame that shows the hand at this place.
+                return FollowCommand(self.poses[self.index].copy(), self.gripper, self.index, False, False, True)
             if self._reach(self.index, now_ns):
                 return FollowCommand(self._dwell_pose.copy(), self.gripper, self.index, False, True)
             if self.index == last:
@@ -156,6 +167,10 @@ class WaypointFollower:
                     break
         finished = self.index == last and np.linalg.norm(self.poses[last, :3] - ee) <= self._tolerance(last)
         return FollowCommand(self.poses[target_index].copy(), self.gripper, target_index, bool(finished), False)
+
+    def _seen_from_close_by(self, index: int) -> bool:
+        """Whether the plan was made with the hand (its row 0) within gripper_confirm_distance of waypoint `index`."""
+        return float(np.linalg.norm(self.poses[0, :3] - self.poses[index, :3])) <= self.gripper_confirm_distance
 
     def _reach(self, index: int, now_ns: int) -> bool:
         """Apply the gripper state of a reached waypoint; True when that starts a dwell."""

@@ -68,6 +68,8 @@ PARAMETERS = (
     Param("gripper_tolerance", 0.005, "A waypoint where the gripper opens or closes must be reached this closely, metres."),
     Param("lookahead", 0, "Aim this many waypoints past the next unreached one (smoother, less exact)."),
     Param("gripper_settle_s", 0.5, "Dwell at a waypoint where the gripper opens or closes, seconds."),
+    Param("gripper_confirm_distance", 0.02, "The gripper opens or closes only on a plan whose frame showed the hand "
+          "within this distance of the switch point, metres; otherwise the arm waits there for the next plan."),
     Param("work_plane_z", 0.02, "Height (base z, metres) of the plane a 2D-only trace step is assumed on when no depth is known."),
     Param("depth_window", 5, "Odd window size (pixels) for the robust depth lookup of 2D-only traces."),
     Param("depth_sync_tolerance_s", 0.05, "The depth image used for a trace must be stamped this close to it."),
@@ -157,7 +159,8 @@ class ControllerNode(Node):
     @staticmethod
     def _follower(cfg: dict) -> WaypointFollower:
         return WaypointFollower(float(cfg["reach_tolerance"]), int(cfg["lookahead"]), float(cfg["gripper_settle_s"]),
-                                gripper_tolerance=float(cfg["gripper_tolerance"]))
+                                gripper_tolerance=float(cfg["gripper_tolerance"]),
+                                gripper_confirm_distance=float(cfg["gripper_confirm_distance"]))
 
     def _load_extrinsics(self) -> None:
         if self.extrinsics is not None or time.monotonic() - self._extrinsics_tried < EXTRINSICS_RETRY_S:
@@ -291,6 +294,7 @@ class ControllerNode(Node):
         self.gate.limits = limits
         self.follower.reach_tolerance, self.follower.lookahead = follower.reach_tolerance, follower.lookahead
         self.follower.settle_ns, self.follower.gripper_tolerance = follower.settle_ns, follower.gripper_tolerance
+        self.follower.gripper_confirm_distance = follower.gripper_confirm_distance
         if updated["extrinsics_path"] != self.cfg["extrinsics_path"]:
             self.extrinsics, self._extrinsics_tried = None, -1e9
         self.teleop.twist_timeout_ns, self.teleop.low, self.teleop.high = servo.twist_timeout_ns, servo.low, servo.high
@@ -414,6 +418,7 @@ class ControllerNode(Node):
         self.gripper_pub.publish(Float32(data=float(verdict.gripper)))
         self.targets_published += 1
         message = verdict.reason or ("dwelling for the gripper" if command.dwelling else
+                                     "confirming the gripper switch from close by" if command.confirming else
                                      "plan finished, holding the last waypoint" if command.finished else "following")
         self._state(verdict.level, verdict.code, message, {"waypoint": command.index})
         return True
