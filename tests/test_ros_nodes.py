@@ -237,6 +237,13 @@ class TestSimBridgeAndController:
         held = _newest_pose(ee)
         time.sleep(1.0)
         assert np.linalg.norm(_newest_pose(ee)[:3] - held[:3]) < 0.003
+        # A target farther than max_target_distance (0.15 m) was computed from an old pose: not executed.
+        far = held.copy()
+        far[:3] += [0.0, 0.25, 0.0]
+        for _ in range(10):
+            target.publish(cv.numpy_to_pose(far, stamp=probe.now_ns(), frame_id="base"))
+            time.sleep(0.05)
+        assert np.linalg.norm(_newest_pose(ee)[:3] - held[:3]) < 0.003
 
 
     def test_controller_follows_a_trace_and_holds_when_stale_or_stopped(self, sim_and_controller, probe):

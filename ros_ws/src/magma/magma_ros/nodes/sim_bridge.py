@@ -45,6 +45,8 @@ PARAMETERS = (
     Param("control_hz", 10, "Simulation steps per second (must divide 240)."),
     Param("max_steps", 0, "Steps before an episode is cut off; 0 uses the task's horizon."),
     Param("command_timeout_s", 0.5, "A command older than this is not executed: the arm holds still."),
+    Param("max_target_distance", 0.15, "A target pose farther than this from the arm (metres) is not executed: the "
+          "controller never sends one, so it was computed from an old pose (e.g. just before a reset)."),
     Param("extrinsics_path", "", "Where to write the true camera extrinsics YAML at start (empty: do not write)."),
     Param("publish_instruction", True, "Publish each episode's task instruction on magma/instruction (latched)."),
     Param("base_frame", "base", "frame_id of poses (the robot base)."),
@@ -215,8 +217,12 @@ class SimBridgeNode(Node):
             self._hold_pose = waypoint[:7].copy()
             return waypoint
         if target is not None and now - target[1] <= timeout:
-            self._hold_pose = None
-            return np.concatenate([target[0], [self._gripper]])
+            distance = float(np.linalg.norm(target[0][:3] - tcp[:3]))
+            if distance <= float(self.cfg["max_target_distance"]):
+                self._hold_pose = None
+                return np.concatenate([target[0], [self._gripper]])
+            self.log.error(f"target {distance:.3f} m from the arm ignored (max_target_distance "
+                           f"{float(self.cfg['max_target_distance']):.3f}): holding")
         if self._hold_pose is None:
             self._hold_pose = tcp.copy()
         return np.concatenate([self._hold_pose, [self._gripper]])
@@ -354,7 +360,7 @@ class SimBridgeNode(Node):
                 except InvalidInputError as exc:
                     return SetParametersResult(successful=False, reason=str(exc))
                 self._pending_task = param.value
-            elif param.name in {"command_timeout_s", "auto_reset", "auto_reset_delay_s"}:
+            elif param.name in {"command_timeout_s", "max_target_distance", "auto_reset", "auto_reset_delay_s"}:
                 self.cfg[param.name] = param.value
             elif param.name != "task":
                 return SetParametersResult(successful=False, reason=f"{param.name} is read at start only; restart the node")
