@@ -81,6 +81,30 @@ def test_other_head_layouts_match_too(processor, heads, kv_heads, head_dim):
     assert _compare_with_transformers(model, _batch(processor, 3), steps=STEPS[:5]) < 1e-4
 
 
+@pytest.mark.parametrize("heads, kv_heads, head_dim", [(None, None, None), (8, 2, 32)])
+def test_sibling_branches_in_one_call_equal_feeding_each_alone(processor, heads, kv_heads, head_dim):
+    model = _model(3) if heads is None else _model(6, {"num_attention_heads": heads, "num_key_value_heads": kv_heads,
+                                                        "head_dim": head_dim})
+    batch = _batch(processor, 4)
+    ids = batch["input_ids"]
+    lean = LeanLlamaDecoder(model, capacity=ids.shape[1] + 4)  # the branches outgrow it: the cache must grow
+    lean.prefill(merged_input_embeddings(model, ids, batch["pixel_values"], batch["image_grids"]))
+    lean.step([IMAGE_ID + 5, IMAGE_ID + 9], 1)
+    held = lean.length
+    branches = [[IMAGE_ID + 11, IMAGE_ID + 12, IMAGE_ID + 13], [IMAGE_ID + 21], [IMAGE_ID + 31, IMAGE_ID + 32, IMAGE_ID + 33, IMAGE_ID + 34]]
+    together = lean.score_branches(branches)
+    assert lean.length == held and [t.shape[0] for t in together] == [3, 1, 4]
+    for branch, logits in zip(branches, together):
+        alone = lean.step(branch, len(branch))
+        lean.crop_last(len(branch))
+        assert float((logits - alone).abs().max()) < 1e-4
+    after = lean.step([IMAGE_ID + 40], 1)  # the sequence held is untouched by the branches
+    lean.crop_last(1)
+    lean.score_branches(branches)
+    assert torch.equal(after, lean.step([IMAGE_ID + 40], 1))
+    with pytest.raises(InvalidInputError, match="non-empty"):
+        lean.score_branches([[IMAGE_ID + 1], []])
+
 def test_the_cache_grows_past_its_first_capacity(model, processor):
     batch = _batch(processor, 1)
     prompt = batch["input_ids"].shape[1]

@@ -316,8 +316,9 @@ class PromptCache:
 def score_continuations(model, batch: dict, continuations: list[list[int]], backend: str = "auto") -> list[float]:
     """Log-likelihood (summed over tokens) of each continuation of ONE prompt, the prompt run once.
 
-    The prompt and the continuations' common prefix are fed once; each continuation's own tokens are then fed
-    on the shared KV cache and cropped away again, so N short candidates cost one prefill and N small calls."""
+    The prompt and the continuations' common prefix are fed once; the continuations' own tokens then go on the
+    shared KV cache: with the lean decoder all of them in one call as sibling branches (tree attention), else one
+    call each, cropped away again. N short candidates cost one prefill and one (or N) small calls."""
     return score_continuations_cached(model, batch, continuations, backend)[0]
 
 
@@ -340,15 +341,21 @@ def score_continuations_cached(model, batch: dict, continuations: list[list[int]
     with torch.inference_mode():
         rows = torch.log_softmax(runner.feed(prompt + conts[0][:common], logits_to_keep=common + 1).float(), dim=-1)
         shared = float(sum(rows[i, conts[0][i]] for i in range(common)))
-        scores = []
-        for cont in conts:
-            rest = cont[common:]
-            score = shared + float(rows[common, rest[0]])
-            if len(rest) > 1:
+        scores = [shared + float(rows[common, cont[common]]) for cont in conts]
+        longer = [j for j, cont in enumerate(conts) if len(cont) - common > 1]
+        if longer and isinstance(runner, _LeanRunner):
+            # One call for every candidate: side by side as sibling branches of the shared prefix.
+            branch_logits = runner.decoder.score_branches([conts[j][common:-1] for j in longer])
+            for j, logits in zip(longer, branch_logits):
+                rest = conts[j][common:]
+                own = torch.log_softmax(logits.float(), dim=-1)
+                scores[j] += float(sum(own[i, rest[i + 1]] for i in range(len(rest) - 1)))
+        else:
+            for j in longer:
+                rest = conts[j][common:]
                 own = torch.log_softmax(runner.feed(rest[:-1], logits_to_keep=len(rest) - 1).float(), dim=-1)
-                score += float(sum(own[i, rest[i + 1]] for i in range(len(rest) - 1)))
+                scores[j] += float(sum(own[i, rest[i + 1]] for i in range(len(rest) - 1)))
                 runner.crop_last(len(rest) - 1)
-            scores.append(score)
     return scores, PromptCache(runner, prompt + conts[0][:common], room=longest - common + room)
 
 

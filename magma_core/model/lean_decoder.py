@@ -213,6 +213,41 @@ class LeanLlamaDecoder:
         with torch.inference_mode():
             return self._forward(inputs_embeds[0].to(self.device, self.dtype), logits_to_keep)
 
+    def score_branches(self, branches: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+        """Logits after every token of each branch, the branches fed side by side in ONE call as alternative
+        continuations of the sequence held (tree attention: a branch sees the sequence and its own earlier
+        tokens, at the positions it would have alone). The cache is left as it was.
+
+        Returns one (len(branch), vocab) tensor per branch: row i predicts the token after branch[i].
+        """
+        lists = [list(b.reshape(-1).tolist()) if isinstance(b, torch.Tensor) else list(b) for b in branches]
+        if not lists or any(not b for b in lists):
+            raise InvalidInputError("score_branches needs one or more non-empty branches")
+        flat = [t for b in lists for t in b]
+        if any(isinstance(t, bool) or not isinstance(t, int) or not 0 <= t < self.vocab_size for t in flat):
+            raise InvalidInputError(f"token ids must be ints in [0, {self.vocab_size}), got {flat}")
+        if self.image_token_id in flat:
+            raise InvalidInputError(f"the image placeholder id {self.image_token_id} is not a text token")
+        past, n = self.length, len(flat)
+        if past + n > self.capacity:
+            self._allocate(max(past + n, 2 * self.capacity))
+        offsets = torch.tensor([i for b in lists for i in range(len(b))], device=self.device)
+        branch = torch.tensor([j for j, b in enumerate(lists) for _ in b], device=self.device)
+        positions = past + offsets
+        rope = (self._cos[positions], self._sin[positions])
+        # Each new row sees the whole sequence held, and the rows of its own branch up to itself.
+        own = (branch[:, None] == branch[None, :]) & (offsets[None, :] <= offsets[:, None])
+        visible = torch.cat([torch.ones(n, past, dtype=torch.bool, device=self.device), own], dim=1)
+        groups = self.layers[0].groups
+        mask = (visible[None].expand(groups, n, past + n).reshape(groups * n, past + n), False)
+        with torch.inference_mode():
+            hidden = F.embedding(torch.tensor(flat, dtype=torch.long, device=self.device), self.embed_weight)
+            for index, layer in enumerate(self.layers):
+                hidden = self._layer(layer, self._keys[index], self._values[index], hidden, rope, past, n, mask)
+            logits = _project(_rms_norm(hidden, *self.final_norm), *self.lm_head).contiguous()
+        # The branches' keys and values sit past the sequence's end and are overwritten by the next feed.
+        return list(logits.split([len(b) for b in lists]))
+
     def _forward(self, hidden: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
         """(n, hidden) new positions -> (logits_to_keep, vocab); the cache grows by n."""
         n = hidden.shape[0]

@@ -176,6 +176,8 @@ class PolicyNode(Node):
             try:
                 self._infer_once(frame)
             except Exception:  # the worker thread must outlive any bug, or the node goes silently deaf
+                if self._stop.is_set() or not self.context.ok():
+                    return  # shutting down (Ctrl-C/SIGTERM invalidates the publishers first): nothing to report
                 self.log.error(f"inference step failed:\n{traceback.format_exc()}")
             # Pace to rate_hz; frames arriving meanwhile only replace self._image.
             self._stop.wait(max(0.0, 1.0 / float(self.cfg["rate_hz"]) - (time.monotonic() - started)))
