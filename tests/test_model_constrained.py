@@ -132,6 +132,27 @@ def test_min_tokens_is_exact_for_the_shortest_completion():
 # ------------------------------------------------------------------ generation with random weights
 
 
+
+@pytest.mark.parametrize("grammar", [
+    TraceGrammar(expect_25d=True, expect_steps=3),
+    TraceGrammar(expect_25d=True, expect_steps=3, mark_ids=frozenset({1, 4, 12}), final_mark=1,
+                 anchors={4: (30, 200, 57), 1: (128, 31, 20)}),
+])
+def test_allowed_token_costs_equal_the_grammars_own_count(processor, grammar):
+    # The costs are computed once per shape of state (a number's value does not change them): they must
+    # still be exactly min_tokens_to_finish of every next state, along random walks through the grammar.
+    vocab = processor.trace_vocabulary
+    rng = np.random.default_rng(5)
+    for _ in range(6):
+        state = grammar.initial_state()
+        for _ in range(60):
+            ids, costs, next_states = vocab.options(grammar, state)
+            for token, cost in zip(ids.tolist(), costs.tolist()):
+                assert cost == grammar.min_tokens_to_finish(next_states[token])
+            if state.phase == Phase.DONE:
+                break
+            state = next_states[int(ids[rng.integers(len(ids))])]
+
 def test_token_texts_decode_byte_level_pieces(processor):
     texts = token_texts(processor.tokenizer)
     ids = processor.tokenizer.encode("Mark 1: [(12,3)]\n", add_special_tokens=False)

@@ -141,12 +141,27 @@ class TraceVocabulary:
             if closed is not None and not grammar.markers_as_text:  # None: the grammar wants another mark first
                 options.append((self.trace_end_id, closed))
         ids = torch.tensor([token for token, _ in options], dtype=torch.long)
-        costs = torch.tensor([grammar.min_tokens_to_finish(nxt) for _, nxt in options], dtype=torch.long)
+        costs = torch.tensor(_finishing_costs(grammar, [nxt for _, nxt in options]), dtype=torch.long)
         entry = (ids, costs, dict(options))
         self._cache[key] = entry
         if len(self._cache) > _CACHE_SIZE:
             self._cache.popitem(last=False)
         return entry
+
+
+def _finishing_costs(grammar: TraceGrammar, states: list[TraceState]) -> list[int]:
+    """`grammar.min_tokens_to_finish` of each state. Inside a number field the cost does not depend on the digits'
+    value (one character per field is counted, whatever is pinned), so the hundreds of number tokens a field
+    allows share a handful of computations."""
+    known: dict[TraceState, int] = {}
+    costs = []
+    for state in states:
+        key = state._replace(value=0) if state.phase == Phase.FIELD else state
+        cost = known.get(key)
+        if cost is None:
+            cost = known[key] = grammar.min_tokens_to_finish(state)
+        costs.append(cost)
+    return costs
 
 
 class TraceLogitsProcessor(LogitsProcessor):
