@@ -299,6 +299,25 @@ def test_listed_position_drafts_keep_the_greedy_tokens_and_save_calls(processor)
     assert greedy_trace_ids(model, processor, batch, grammar, 64, stats=wrong_stats, mark_positions=wrong).tolist() == plain.tolist()
 
 
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_drafted_gripper_flags_keep_the_greedy_tokens_and_save_calls(processor, seed):
+    from magma_core.model.fast_decode import greedy_trace_ids
+
+    grammar = TraceGrammar(expect_steps=3, expect_25d=True, mark_ids=frozenset({1, 2, 7}), max_marks=2)
+    model, batch = _model(seed), _batch(processor, seed)
+    plain_stats = {}
+    plain = greedy_trace_ids(model, processor, batch, grammar, 64, stats=plain_stats)
+    result = processor.decode_trace(plain[0], expect_25d=True, expect_steps=3)
+    assert result.ok
+    first_flag = int(result.traces[0].gripper[0])
+    for flag in (0, 1):  # right or wrong, a guess never changes what is written
+        stats = {}
+        assert greedy_trace_ids(model, processor, batch, grammar, 64, stats=stats, gripper_flag=flag).tolist() == plain.tolist()
+        if flag == first_flag:
+            assert stats["forward_calls"] <= plain_stats["forward_calls"]
+    with pytest.raises(InvalidInputError, match="gripper_flag"):
+        greedy_trace_ids(model, processor, batch, grammar, 64, gripper_flag=2)
+
 @pytest.mark.parametrize("backend", ["lean", "transformers"])
 def test_decoding_on_from_the_scoring_cache_gives_the_same_trace(model, processor, backend):
     """The policy scores goal lines on the prompt, then traces after the best one: going on from the scoring's

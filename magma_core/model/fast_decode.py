@@ -55,6 +55,7 @@ _CACHE_SIZE = 16384  # grammar states kept with their options and forced runs, p
 BACKENDS = ("auto", "lean", "transformers")  # who runs the model: see greedy_trace_ids
 _DONE = TraceState(Phase.DONE)
 _NUMBER_PHASES = (Phase.FIELD, Phase.MARK_ID)
+_FLAG_FIELD = 3  # x, y, depth bin, gripper flag: the fourth field of a 2.5D step
 
 # Per-vocabulary caches (the vocabulary lives as long as its processor): (grammar, state) -> work.
 _CACHES: "weakref.WeakKeyDictionary[object, dict[str, OrderedDict]]" = weakref.WeakKeyDictionary()
@@ -89,9 +90,14 @@ class _TraceDecoder:
     """Grammar bookkeeping for one greedy decode: allowed tokens under the budget and the drafts."""
 
     def __init__(self, processor, grammar: TraceGrammar, max_new_tokens: int,
-                 mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None):
+                 mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None,
+                 gripper_flag: int | None = None):
         self.mark_positions = {int(k): tuple(int(v) for v in pos) for k, pos in (mark_positions or {}).items()}
         self.moving_mark = moving_mark
+        if gripper_flag not in (None, 0, 1):
+            raise InvalidInputError(f"gripper_flag must be 0, 1 or None, got {gripper_flag!r}")
+        # The gripper flag drafted at each step (verified): the last one written, at first the hand's state.
+        self.flag_guess = gripper_flag
         self.vocab = processor.trace_vocabulary
         self.tokenizer = processor.tokenizer
         if grammar.markers_as_text != self.vocab.markers_as_text:
@@ -198,7 +204,10 @@ class _TraceDecoder:
         return draft
 
     def lookup_tokens(self, state: TraceState) -> tuple[int, ...]:
-        """At the start of a step, the mark's listed position ("x,y,d,") as tokens to verify; else ()."""
+        """At the start of a step, the mark's listed position ("x,y,d,") as tokens to verify; at a 2.5D step's
+        gripper flag, the flag guessed (`flag_guess`); else ()."""
+        if state.phase == Phase.FIELD and state.field == _FLAG_FIELD and not state.digits and self.flag_guess is not None:
+            return tuple(self.encode(str(self.flag_guess)))
         if state.phase != Phase.FIELD or state.field != 0 or state.digits:
             return ()
         position = self.mark_positions.get(state.mark_id)
@@ -224,7 +233,8 @@ class _TraceDecoder:
 def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_new_tokens: int = 256,
                      forced_prefix: str = "", stats: dict | None = None,
                      mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None,
-                     backend: str = "auto", prompt_cache: "PromptCache | None" = None) -> torch.Tensor:
+                     backend: str = "auto", prompt_cache: "PromptCache | None" = None,
+                     gripper_flag: int | None = None) -> torch.Tensor:
     """Answer ids (1, n): `forced_prefix`'s tokens then greedy, grammar-constrained tokens up to end-of-sequence.
 
     `max_new_tokens` bounds the whole answer, forced prefix included. `stats`, if given, receives
@@ -234,7 +244,9 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
     arithmetic without transformers' per-call overhead; InvalidInputError if the model does not suit
     it), "transformers" (the model's own forward and KV cache) or "auto" (lean where it applies: see
     `_model_runner`). `prompt_cache` (from `score_continuations_cached` on the start of this prompt): decoding goes
-    on from the model state it holds instead of running the prompt again; it is used up.
+    on from the model state it holds instead of running the prompt again; it is used up. `gripper_flag` (0 open,
+    1 closed: the hand's state now) is drafted as each step's gripper flag, then the last flag written is; like the
+    other drafts it changes the number of calls, never the tokens.
     """
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -243,7 +255,7 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
     if not isinstance(forced_prefix, str):
         raise InvalidInputError(f"forced_prefix must be a str, got {type(forced_prefix).__name__}")
     prompt = _single_prompt(batch)
-    decoder = _TraceDecoder(processor, grammar, max_new_tokens, mark_positions, moving_mark)
+    decoder = _TraceDecoder(processor, grammar, max_new_tokens, mark_positions, moving_mark, gripper_flag)
     fewest = decoder.grammar.min_tokens_to_finish(decoder.grammar.initial_state())
     if decoder.max_new_tokens < fewest:
         raise InvalidInputError(f"max_new_tokens={max_new_tokens} is too small for a trace; it needs at least {fewest}")
@@ -465,6 +477,8 @@ def _verify(decoder: _TraceDecoder, draft: _Draft, logits: torch.Tensor, answer:
         scores = logits[row].float()[ids.to(logits.device)]
         choice = int(ids[int(torch.argmax(scores))])
         answer.append(choice)
+        if decoder.flag_guess is not None and state.phase == Phase.FIELD and state.field == _FLAG_FIELD and not state.digits:
+            decoder.flag_guess = 1 if decoder.tokenizer.decode([choice]).strip() == "1" else 0  # the next steps' guess
         state = next_states.get(choice, _DONE)
         if drafted is None or choice != drafted:
             return choice, row, state

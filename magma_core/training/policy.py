@@ -201,8 +201,13 @@ class MagmaPolicy:
             prefix = trace_start_prefix(GRIPPER_MARK_ID, gripper_cell, self.depth_binning.encode(gripper.depth))
         # Greedy with jump-forward over the grammar's forced text: the same tokens as `generate`, fewer model calls.
         # Listed positions are drafted where a trace step begins (verified): same tokens, fewer model calls.
+        # The steps' gripper flags are drafted from the hand's state now (closed or holding: 1), verified like the rest.
+        opening = obs.get("gripper")
+        hand = self.goal_belief.hand_state_of(None if opening is None else float(np.asarray(opening, dtype=np.float64).reshape(-1)[0]))
+        flag = None if hand == "unknown" else int(hand != "open")
         results, _ = greedy_trace(self.model, self.processor, batch, grammar, max_new_tokens=budget, forced_prefix=prefix,
-                                  mark_positions=positions, moving_mark=GRIPPER_MARK_ID, prompt_cache=prompt_cache)
+                                  mark_positions=positions, moving_mark=GRIPPER_MARK_ID, prompt_cache=prompt_cache,
+                                  gripper_flag=flag)
         result = results[0]
         if not result.ok:
             raise UnparsableOutputError(f"the model's trace did not parse: {result.error}")
