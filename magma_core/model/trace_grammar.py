@@ -60,6 +60,13 @@ class TraceState(NamedTuple):
     used: frozenset = frozenset()
 
 
+def _with_digit(state: TraceState, value: int) -> TraceState:
+    """`state` with one more digit written, the number now being `value`: ``state._replace(value=value,
+    digits=state.digits + 1)`` built directly (the hot path of walking the vocabulary; _replace is slower)."""
+    phase, literal, then, mark_id, _, digits, field, arity, steps, target, marks, used = state
+    return TraceState(phase, literal, then, mark_id, value, digits + 1, field, arity, steps, target, marks, used)
+
+
 @dataclass(frozen=True)
 class TraceGrammar:
     """The rules (options of `parse_traces`) and the transition function over characters."""
@@ -236,7 +243,7 @@ class TraceGrammar:
             prefix = (str(state.value) if state.digits else "") + char
             if self._min_id_extension(prefix, self._unavailable(state)) is None:
                 return None
-            return state._replace(value=int(prefix), digits=state.digits + 1)
+            return _with_digit(state, int(prefix))
         if char == ":" and state.digits and self._id_allowed(state.value, self._unavailable(state)):
             return state._replace(phase=Phase.LITERAL, literal=AFTER_ID[1:], then=Phase.FIELD, mark_id=state.value, steps=0)
         return None
@@ -251,7 +258,7 @@ class TraceGrammar:
                 return None
             if pinned is not None and not str(pinned).startswith(str(value)):
                 return None
-            return state._replace(value=value, digits=state.digits + 1)
+            return _with_digit(state, value)
         if not state.digits or (pinned is not None and state.value != pinned):
             return None
         field, arity = state.field, state.arity
