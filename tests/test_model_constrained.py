@@ -149,6 +149,10 @@ def test_allowed_token_costs_equal_the_grammars_own_count(processor, grammar):
             ids, costs, next_states = vocab.options(grammar, state)
             for token, cost in zip(ids.tolist(), costs.tolist()):
                 assert cost == grammar.min_tokens_to_finish(next_states[token])
+            # Cached options may come from the anchor-free twin of the grammar: they must be this grammar's own.
+            assert sorted(ids.tolist()) == sorted(token for token, _ in vocab.trie.walk(grammar, state)) or \
+                state.phase in (Phase.START, Phase.END, Phase.DONE, Phase.AFTER_MARK)
+            assert all(next_states[token] == nxt for token, nxt in vocab.trie.walk(grammar, state))
             if state.phase == Phase.DONE:
                 break
             state = next_states[int(ids[rng.integers(len(ids))])]

@@ -13,6 +13,7 @@ cached per grammar state. Both processors support greedy search and sampling (nu
 """
 from __future__ import annotations
 
+import re
 from collections import OrderedDict
 from dataclasses import replace
 from functools import lru_cache
@@ -123,9 +124,20 @@ class TraceVocabulary:
             raise InvalidInputError(f"the tokenizer has no single-character token for {missing!r}; constrained decoding needs them")
         self.trie = _Trie(texts, alphabet)
         self._cache: OrderedDict[tuple[TraceGrammar, TraceState], tuple] = OrderedDict()
+        # Anchors act only on the digits of a mark's first step. Unless one token can open a step and write a digit
+        # ("(1"), the tokens allowed from a state that is not in such a step are the same with or without anchors.
+        self._anchors_stay_local = not any(text and re.search(r"\(\d", text) for text in texts)
+
+    def cache_grammar(self, grammar: TraceGrammar, state: TraceState) -> TraceGrammar:
+        """The grammar that gives `state` the same options as `grammar` and is shared by most frames: without its
+        anchors (they change with every frame's listed positions) where they cannot act from `state`."""
+        if grammar.anchors and self._anchors_stay_local and not grammar.anchors_act_on(state):
+            return grammar.without_anchors()
+        return grammar
 
     def options(self, grammar: TraceGrammar, state: TraceState) -> tuple[torch.Tensor, torch.Tensor, dict[int, TraceState]]:
         """Tokens the grammar accepts from `state`: (ids, tokens each leaves to finish, id -> next state); cached."""
+        grammar = self.cache_grammar(grammar, state)
         key = (grammar, state)
         cached = self._cache.get(key)
         if cached is not None:

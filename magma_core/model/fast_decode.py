@@ -116,7 +116,7 @@ class _TraceDecoder:
     # ------------------------------------------------------------------ allowed tokens
 
     def options(self, state: TraceState) -> _Options:
-        key = (self.grammar, state)
+        key = (self.vocab.cache_grammar(self.grammar, state), state)  # shared across frames where anchors cannot act
         found = self._options_cache.get(key)
         if found is not None:
             self._options_cache.move_to_end(key)

@@ -22,7 +22,7 @@ the trace in time.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import IntEnum
 from typing import NamedTuple
 
@@ -303,6 +303,19 @@ class TraceGrammar:
 
     def _closing_allowed(self, state: TraceState) -> bool:
         return self.final_mark is None or state.marks >= 2
+
+    def anchors_act_on(self, state: TraceState) -> bool:
+        """Whether an anchor constrains the next characters from `state`: a number field of an anchored mark's
+        first step (the only place anchors act; `min_tokens_to_finish` never depends on them)."""
+        return bool(self.anchors) and state.phase == Phase.FIELD and self._pinned(state) is not None
+
+    def without_anchors(self) -> "TraceGrammar":
+        """This grammar with no anchors (built once per grammar)."""
+        bare = self.__dict__.get("_without_anchors")
+        if bare is None:
+            bare = replace(self, anchors=()) if self.anchors else self
+            object.__setattr__(self, "_without_anchors", bare)
+        return bare
 
     def _pinned(self, state: TraceState) -> int | None:
         """The anchored value of the field being written (first step of an anchored mark), else None."""
