@@ -478,7 +478,7 @@ def _verify(decoder: _TraceDecoder, draft: _Draft, logits: torch.Tensor, answer:
         choice = int(ids[int(torch.argmax(scores))])
         answer.append(choice)
         if decoder.flag_guess is not None and state.phase == Phase.FIELD and state.field == _FLAG_FIELD and not state.digits:
-            decoder.flag_guess = 1 if decoder.tokenizer.decode([choice]).strip() == "1" else 0  # the next steps' guess
+            decoder.flag_guess = int(decoder.tokenizer.decode([choice]).lstrip().startswith("1"))  # the next steps' guess
         state = next_states.get(choice, _DONE)
         if drafted is None or choice != drafted:
             return choice, row, state

@@ -161,6 +161,8 @@ class MagmaPolicy:
         from magma_core.model.fast_decode import trace_start_prefix
         from magma_core.model.generation import greedy_trace
 
+        gripper_obs = obs.get("gripper")
+        opening = None if gripper_obs is None else float(np.asarray(gripper_obs, dtype=np.float64).reshape(-1)[0])
         proposal = propose_marks(obs, self.proposal_config)
         width, height = proposal.image_size
         marks = prompt_marks(proposal.marks, width, height)
@@ -169,8 +171,7 @@ class MagmaPolicy:
         image = draw_marks(np.asarray(obs["rgb"]), proposal.marks)
         listed, positions, described = marks, None, None
         if self.marks_format == "proposed":
-            opening = obs.get("gripper")
-            described = describe_proposal(proposal, None if opening is None else float(np.asarray(opening).reshape(-1)[0]))
+            described = describe_proposal(proposal, opening)
             listed = marks_text(described, width, height, self.depth_binning)
             positions = listed_positions(described, width, height, self.depth_binning)
         prompt = trace_prompt(obs["instruction"], listed, self.trace_steps, with_depth=True)
@@ -185,8 +186,6 @@ class MagmaPolicy:
         if self.goal_header and goal_first and described is not None and GRIPPER_MARK_ID in trace_ids:
             candidates = [m for m in described if m.mark_id != GRIPPER_MARK_ID and m.mark_id in trace_ids]
             if candidates:
-                opening = obs.get("gripper")
-                opening = None if opening is None else float(np.asarray(opening, dtype=np.float64).reshape(-1)[0])
                 batch, goal, goal_scores, prompt_cache = self._choose_goal(batch, candidates, opening)
                 trace_ids = frozenset({goal, GRIPPER_MARK_ID})
         final = GRIPPER_MARK_ID if goal_first and GRIPPER_MARK_ID in trace_ids and len(trace_ids) > 1 else None
@@ -202,8 +201,7 @@ class MagmaPolicy:
         # Greedy with jump-forward over the grammar's forced text: the same tokens as `generate`, fewer model calls.
         # Listed positions are drafted where a trace step begins (verified): same tokens, fewer model calls.
         # The steps' gripper flags are drafted from the hand's state now (closed or holding: 1), verified like the rest.
-        opening = obs.get("gripper")
-        hand = self.goal_belief.hand_state_of(None if opening is None else float(np.asarray(opening, dtype=np.float64).reshape(-1)[0]))
+        hand = self.goal_belief.hand_state_of(opening)
         flag = None if hand == "unknown" else int(hand != "open")
         results, _ = greedy_trace(self.model, self.processor, batch, grammar, max_new_tokens=budget, forced_prefix=prefix,
                                   mark_positions=positions, moving_mark=GRIPPER_MARK_ID, prompt_cache=prompt_cache,

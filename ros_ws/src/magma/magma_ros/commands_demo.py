@@ -43,15 +43,14 @@ class EpisodeResult:
 
 def controller_phase(code: str, message: str) -> str:
     """One word for a controller state message: its hold code, else what it is doing with the plan."""
+    from magma_ros.follower import PHASE_MESSAGES
+
     if code not in ("ok", "clipped"):
         return code
-    if message.startswith("dwelling"):
-        return "dwelling"
-    if message.startswith("confirming"):
-        return "confirming"
-    if message.startswith("plan finished"):
-        return "finished"
-    return "following" if code == "ok" else "clipped"
+    for phase, text in PHASE_MESSAGES.items():
+        if message == text:
+            return phase
+    return "clipped" if code == "clipped" else "following"
 
 
 def summarize_ages(ages_ms: list[float]) -> dict:

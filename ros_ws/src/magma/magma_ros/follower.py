@@ -10,8 +10,8 @@ and the arm then dwells there for ``gripper_settle_s`` so the fingers close (or 
 moves on. A plan arrives a few hundred milliseconds after its frame, and a grasp point seen from
 afar (the hand still centimetres above the block) is less exact than one seen from close by, so
 the switch also needs a plan whose frame showed the hand (row 0) within ``gripper_confirm_distance``
-of the switch: otherwise the arm waits there for the next plan (``confirming``). During the dwell the gripper is locked: a new plan neither cuts the dwell short nor
-reverses the change. A plan computed from a frame taken before the fingers settled (it arrives
+of the switch: otherwise the arm waits there for the next plan (``confirming``). During the dwell
+the gripper is locked: a new plan neither cuts the dwell short nor reverses the change. A plan computed from a frame taken before the fingers settled (it arrives
 late when the machine is loaded) still sees the old gripper state and would undo the change, so
 `set_plan` turns down plans whose frame predates the end of the last switch (``source_stamp_ns``).
 """
@@ -25,6 +25,13 @@ from magma_calibration.transforms import matrix_to_quat, quat_to_matrix, rotvec_
 from magma_core.errors import InvalidInputError
 
 GRIPPER_CHANGE = 0.5  # a gripper value crossing this threshold is a change of state (open <-> closed)
+# What a command does with its plan, and how the controller says so on magma/controller_state.
+PHASE_MESSAGES = {
+    "dwelling": "dwelling for the gripper",
+    "confirming": "confirming the gripper switch from close by",
+    "finished": "plan finished, holding the last waypoint",
+    "following": "following",
+}
 
 
 @dataclass(frozen=True)
@@ -37,6 +44,12 @@ class FollowCommand:
     finished: bool
     dwelling: bool
     confirming: bool = False  # at a gripper change, waiting for a plan seen from close by
+
+    @property
+    def phase(self) -> str:
+        """"dwelling", "confirming", "finished" or "following" (a key of PHASE_MESSAGES)."""
+        return ("dwelling" if self.dwelling else "confirming" if self.confirming else
+                "finished" if self.finished else "following")
 
 
 def plan_from_deltas(ee_pose: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -35,7 +35,7 @@ from magma_core.errors import InvalidInputError
 from magma_ros import qos
 from magma_ros.converters import (camera_info_to_numpy, cloud_to_marks, cloud_to_traces, image_to_depth, make_status,
                                   msg_to_actions, msg_to_latency, numpy_to_pose, pose_to_numpy, poses_to_path, stamp_to_ns)
-from magma_ros.follower import WaypointFollower, plan_from_deltas
+from magma_ros.follower import PHASE_MESSAGES, WaypointFollower, plan_from_deltas
 from magma_ros.lifting import camera_pose_from_extrinsics, lift_trace, load_extrinsics, select_gripper_trace
 from magma_ros.nodes import ConfigurationError, Param, ThrottledLog, declare_parameters, main_entry, parameter_values, run_node
 from magma_ros.safety import EStopLatch, SafetyGate, SafetyLimits, staleness_reason
@@ -417,9 +417,7 @@ class ControllerNode(Node):
         self.target_pub.publish(numpy_to_pose(verdict.target, stamp=stamp, frame_id=self.base_frame))
         self.gripper_pub.publish(Float32(data=float(verdict.gripper)))
         self.targets_published += 1
-        message = verdict.reason or ("dwelling for the gripper" if command.dwelling else
-                                     "confirming the gripper switch from close by" if command.confirming else
-                                     "plan finished, holding the last waypoint" if command.finished else "following")
+        message = verdict.reason or PHASE_MESSAGES[command.phase]
         self._state(verdict.level, verdict.code, message, {"waypoint": command.index})
         return True
 
