@@ -343,3 +343,43 @@ def test_decoding_on_from_the_scoring_cache_gives_the_same_trace(model, processo
     _, small = score_continuations_cached(model, batch, lines, backend=backend, room=4)
     with pytest.raises(InvalidInputError, match="room"):
         greedy_trace_ids(model, processor, extended, ONE_MARK_25D, max_new_tokens=80, prompt_cache=small)
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_step_hints_keep_the_greedy_tokens_and_save_calls_when_right(processor, seed):
+    """The previous frame's plan drafted as step hints is verified like any draft: right, wrong or partly right,
+    the tokens stay the greedy ones; right hints cost fewer calls."""
+    from magma_core.model.fast_decode import greedy_trace_ids
+
+    grammar = TraceGrammar(expect_steps=3, expect_25d=True, mark_ids=frozenset({1, 2, 7}), max_marks=2)
+    model, batch = _model(seed), _batch(processor, seed)
+    plain_stats = {}
+    plain = greedy_trace_ids(model, processor, batch, grammar, 64, stats=plain_stats)
+    result = processor.decode_trace(plain[0], expect_25d=True, expect_steps=3)
+    assert result.ok
+    exact = {t.mark_id: [(int(x), int(y), int(d), int(g)) for (x, y), d, g in zip(t.cells, t.depth_bins, t.gripper)]
+             for t in result.traces}
+    moved = {k: [(x, (y + 1) % 100, d, g) for x, y, d, g in steps] for k, steps in exact.items()}
+    half = {k: steps[:1] + moved[k][1:] for k, steps in exact.items()}
+    counts = {}
+    for name, hints in (("exact", exact), ("moved", moved), ("half", half), ("flat", {k: [(1, 2)] for k in exact})):
+        stats = {}
+        ids = greedy_trace_ids(model, processor, batch, grammar, 64, stats=stats, step_hints=hints)
+        assert ids.tolist() == plain.tolist(), name
+        counts[name] = stats["forward_calls"]
+    assert counts["exact"] < plain_stats["forward_calls"]
+    # A wrong hint costs at most the one probe: hints stop for the rest of the decode once one is refused.
+    assert counts["moved"] <= plain_stats["forward_calls"]
+
+
+@pytest.mark.parametrize("hints, problem", [
+    ([(1, 2)], "map mark ids"),
+    ({1: [(1, 2, 3)]}, "2 or 4"),
+    ({1: [(1, -2)]}, "non-negative"),
+    ({1: [("a", 2)]}, "integer steps"),
+])
+def test_step_hints_are_checked(model, processor, hints, problem):
+    from magma_core.model.fast_decode import greedy_trace_ids
+
+    with pytest.raises(InvalidInputError, match=problem):
+        greedy_trace_ids(model, processor, _batch(processor, 1), ONE_MARK_25D, 80, step_hints=hints)

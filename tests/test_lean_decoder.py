@@ -227,3 +227,57 @@ def test_a_wrapped_or_hooked_forward_keeps_the_transformers_path(model, processo
 def test_backend_names_are_checked(model, processor):
     with pytest.raises(InvalidInputError, match="backend must be one of"):
         _backend(model, processor, "fast")
+
+
+# ------------------------------------------------------------------ packed weights
+
+
+@pytest.mark.parametrize("layout", ["in_out", "out_in"])
+def test_both_weight_layouts_match_transformers(processor, layout, monkeypatch):
+    """Whichever layout this CPU measures faster, the arithmetic is the model's (checked for both)."""
+    import magma_core.model.lean_decoder as lean_decoder
+
+    monkeypatch.setattr(lean_decoder, "_layout_measured", layout)
+    model = _model(8, {"attention_bias": True})
+    with torch.no_grad():
+        for layer in model.language_model.model.layers:
+            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
+                proj.bias.normal_(0, 0.5)
+    assert LeanLlamaDecoder(model).layout == layout
+    assert _compare_with_transformers(model, _batch(processor, 5), steps=STEPS[:5]) < 1e-4
+
+
+def test_the_layout_is_measured_once_and_is_one_of_the_two():
+    from magma_core.model.lean_decoder import LAYOUTS, projection_layout
+
+    first = projection_layout()
+    assert first in LAYOUTS and projection_layout() == first
+    with pytest.raises(InvalidInputError, match="layout"):
+        LeanLlamaDecoder(_model(2), layout="diagonal")
+
+
+def test_a_decoder_built_after_training_runs_the_new_weights(processor):
+    """Packed weights are kept per model and rebuilt when a parameter changes (in place, as an optimizer does, or
+    replaced): evaluation during training must never run stale weights."""
+    from magma_core.model.lean_decoder import PackedWeights
+
+    model, batch = _model(9), _batch(processor, 2)
+    ids = batch["input_ids"]
+
+    def last_logits():
+        lean = LeanLlamaDecoder(model)
+        return lean.prefill(merged_input_embeddings(model, ids, batch["pixel_values"], batch["image_grids"]))
+
+    before = last_logits()
+    packed = PackedWeights.for_model(model.language_model)
+    assert PackedWeights.for_model(model.language_model) is packed  # unchanged weights: reused, not copied again
+    with torch.no_grad():
+        model.language_model.model.layers[0].mlp.up_proj.weight.mul_(1.5)  # in place
+    changed = last_logits()
+    assert PackedWeights.for_model(model.language_model) is not packed
+    assert float((changed - before).abs().max()) > 1e-3
+    assert _compare_with_transformers(model, batch, steps=STEPS[:3]) < 1e-4
+    model.language_model.model.layers[1].self_attn.v_proj.weight = torch.nn.Parameter(
+        model.language_model.model.layers[1].self_attn.v_proj.weight.detach() * 0.5)  # replaced
+    assert float((last_logits() - changed).abs().max()) > 1e-4
+    assert _compare_with_transformers(model, batch, steps=STEPS[:3]) < 1e-4

@@ -24,6 +24,10 @@ the end marker once the step count is reached. `greedy_trace` writes such text i
   mark's step begins, its listed position is drafted too (for every step of a mark other than
   `moving_mark`, for the first step of that one), verified like any draft. A goal that does not
   move, or a trace that starts where its mark is, then costs one call per step instead of four.
+- Step hints (`step_hints`: mark id -> the values of each of its steps, e.g. the previous frame's plan): where
+  no listed position applies, each number of a step is drafted from the hint for that step, and after a
+  rejected number the step's remaining numbers still are. Plans change little between consecutive frames,
+  so most of a moving mark's numbers are verified in a call or two instead of one call each.
 
 Each forward call after the prefill therefore starts from a token the model chose among several
 (a branching token), so calls <= branching tokens + 1; for a 3-step 2.5D trace of one forced
@@ -78,12 +82,14 @@ class _Draft:
     tokens: list[int] = field(default_factory=list)
     states: list[TraceState] = field(default_factory=list)  # the state before each token
     certain: list[bool] = field(default_factory=list)
+    hinted: list[bool] = field(default_factory=list)  # drafted from a step hint
     end_state: TraceState = _DONE
 
-    def add(self, token: int, state: TraceState, certain: bool) -> None:
+    def add(self, token: int, state: TraceState, certain: bool, hinted: bool = False) -> None:
         self.tokens.append(token)
         self.states.append(state)
         self.certain.append(certain)
+        self.hinted.append(hinted)
 
 
 class _TraceDecoder:
@@ -91,8 +97,12 @@ class _TraceDecoder:
 
     def __init__(self, processor, grammar: TraceGrammar, max_new_tokens: int,
                  mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None,
-                 gripper_flag: int | None = None):
+                 gripper_flag: int | None = None, step_hints: dict[int, list[tuple[int, ...]]] | None = None):
         self.mark_positions = {int(k): tuple(int(v) for v in pos) for k, pos in (mark_positions or {}).items()}
+        self.step_hints = _checked_hints(step_hints)
+        # How far hints are drafted: one number first ("probe"); all of them once one was right ("trusted"); none
+        # once one was wrong ("off": the plan moved, and long drafts that fail cost more than they save).
+        self.hint_mode = "probe"
         self.moving_mark = moving_mark
         if gripper_flag not in (None, 0, 1):
             raise InvalidInputError(f"gripper_flag must be 0, 1 or None, got {gripper_flag!r}")
@@ -109,9 +119,10 @@ class _TraceDecoder:
         self.alphabet = tuple(self.vocab.trie.children[0].keys())
         caches = _CACHES.get(self.vocab)
         if caches is None:
-            caches = {"options": OrderedDict(), "forced": OrderedDict()}
+            caches = {"options": OrderedDict(), "forced": OrderedDict(), "encode": OrderedDict()}
             _CACHES[self.vocab] = caches
         self._options_cache, self._forced_cache = caches["options"], caches["forced"]
+        self._encode_cache = caches["encode"]
 
     # ------------------------------------------------------------------ allowed tokens
 
@@ -144,10 +155,15 @@ class _TraceDecoder:
         cost = opts.costs.get(token)
         return cost is not None and cost <= self.max_new_tokens - generated - 1
 
-    def encode(self, text: str) -> list[int]:
-        """Canonical tokens of answer text; markers stay text where the vocabulary spells them out."""
-        ids = self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=self.vocab.markers_as_text)
-        return [int(i) for i in ids]
+    def encode(self, text: str) -> tuple[int, ...]:
+        """Canonical tokens of answer text; markers stay text where the vocabulary spells them out. Cached: drafts
+        spell the same few numbers again and again."""
+        found = self._encode_cache.get(text)
+        if found is None:
+            ids = self.tokenizer.encode(text, add_special_tokens=False, split_special_tokens=self.vocab.markers_as_text)
+            found = tuple(int(i) for i in ids)
+            _remember(self._encode_cache, text, found)
+        return found
 
     # ------------------------------------------------------------------ drafts
 
@@ -159,7 +175,7 @@ class _TraceDecoder:
             self._forced_cache.move_to_end(key)
             return found
         text = self._forced_text(state)
-        found = tuple(self.encode(text)) if text else ()
+        found = self.encode(text) if text else ()
         _remember(self._forced_cache, key, found)
         return found
 
@@ -191,11 +207,14 @@ class _TraceDecoder:
                     break
                 continue
             progressed = False
-            for token in self.lookup_tokens(state) or self.forced_tokens(state):
+            looked_up, hinted = self.lookup_tokens(state)
+            if hinted and self.hint_mode == "probe" and any(draft.hinted):
+                break  # one hinted number per draft until a hint has proved right
+            for token in looked_up or self.forced_tokens(state):
                 if not self.admits(state, generated + len(draft.tokens), token):
                     break  # the canonical split is not writable here (budget): let the model choose
                 ids, next_states = self.allowed(state, generated + len(draft.tokens))
-                draft.add(token, state, ids.numel() == 1)
+                draft.add(token, state, ids.numel() == 1, hinted)
                 state = next_states[token]
                 progressed = True
             if not progressed:
@@ -203,17 +222,25 @@ class _TraceDecoder:
         draft.end_state = state
         return draft
 
-    def lookup_tokens(self, state: TraceState) -> tuple[int, ...]:
-        """At the start of a step, the mark's listed position ("x,y,d,") as tokens to verify; at a 2.5D step's
-        gripper flag, the flag guessed (`flag_guess`); else ()."""
+    def lookup_tokens(self, state: TraceState) -> tuple[tuple[int, ...], bool]:
+        """(tokens to verify, whether they come from a step hint): at the start of a step, the mark's listed position
+        ("x,y,d,"); elsewhere in a step's numbers, the step hint's numbers from there on ("y,d," after x; one number
+        while `hint_mode` is "probe"); at a 2.5D step's gripper flag, the flag guessed (`flag_guess`); else ()."""
         if state.phase == Phase.FIELD and state.field == _FLAG_FIELD and not state.digits and self.flag_guess is not None:
-            return tuple(self.encode(str(self.flag_guess)))
-        if state.phase != Phase.FIELD or state.field != 0 or state.digits:
-            return ()
+            return self.encode(str(self.flag_guess)), False
+        if state.phase != Phase.FIELD or state.digits:
+            return (), False
         position = self.mark_positions.get(state.mark_id)
-        if position is None or (state.mark_id == self.moving_mark and state.steps > 0):
-            return ()
-        return tuple(self.encode("".join(f"{v}," for v in position)))
+        if position is not None and not (state.mark_id == self.moving_mark and state.steps > 0):
+            return (self.encode("".join(f"{v}," for v in position)) if state.field == 0 else ()), False
+        hint = self.step_hints.get(state.mark_id)
+        if hint is None or state.steps >= len(hint) or self.hint_mode == "off":
+            return (), False
+        # The hinted step's numbers from this field on, up to (not including) a 2.5D step's gripper flag.
+        numbers = hint[state.steps][: 3 if state.arity != 2 and len(hint[state.steps]) == 4 else 2][state.field:]
+        if self.hint_mode == "probe":
+            numbers = numbers[:1]
+        return self.encode("".join(f"{v}," for v in numbers)), bool(numbers)
 
     # ------------------------------------------------------------------ forced prefix
 
@@ -234,7 +261,8 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
                      forced_prefix: str = "", stats: dict | None = None,
                      mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None,
                      backend: str = "auto", prompt_cache: "PromptCache | None" = None,
-                     gripper_flag: int | None = None) -> torch.Tensor:
+                     gripper_flag: int | None = None,
+                     step_hints: dict[int, list[tuple[int, ...]]] | None = None) -> torch.Tensor:
     """Answer ids (1, n): `forced_prefix`'s tokens then greedy, grammar-constrained tokens up to end-of-sequence.
 
     `max_new_tokens` bounds the whole answer, forced prefix included. `stats`, if given, receives
@@ -246,7 +274,8 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
     `_model_runner`). `prompt_cache` (from `score_continuations_cached` on the start of this prompt): decoding goes
     on from the model state it holds instead of running the prompt again; it is used up. `gripper_flag` (0 open,
     1 closed: the hand's state now) is drafted as each step's gripper flag, then the last flag written is; like the
-    other drafts it changes the number of calls, never the tokens.
+    other drafts it changes the number of calls, never the tokens. `step_hints` (mark id -> each step's values,
+    e.g. the previous frame's plan) drafts the numbers of steps no listed position covers; the same again.
     """
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -255,13 +284,13 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
     if not isinstance(forced_prefix, str):
         raise InvalidInputError(f"forced_prefix must be a str, got {type(forced_prefix).__name__}")
     prompt = _single_prompt(batch)
-    decoder = _TraceDecoder(processor, grammar, max_new_tokens, mark_positions, moving_mark, gripper_flag)
+    decoder = _TraceDecoder(processor, grammar, max_new_tokens, mark_positions, moving_mark, gripper_flag, step_hints)
     fewest = decoder.grammar.min_tokens_to_finish(decoder.grammar.initial_state())
     if decoder.max_new_tokens < fewest:
         raise InvalidInputError(f"max_new_tokens={max_new_tokens} is too small for a trace; it needs at least {fewest}")
     start_id = decoder.vocab.trace_start_id
     state = decoder.grammar.initial_state(start_marker_done=start_id is not None and int(prompt[-1]) == start_id)
-    prefix_ids = decoder.encode(forced_prefix) if forced_prefix else []
+    prefix_ids = list(decoder.encode(forced_prefix)) if forced_prefix else []
     state = decoder.walk_prefix(state, prefix_ids, forced_prefix)
 
     answer = list(prefix_ids)
@@ -480,6 +509,8 @@ def _verify(decoder: _TraceDecoder, draft: _Draft, logits: torch.Tensor, answer:
         if decoder.flag_guess is not None and state.phase == Phase.FIELD and state.field == _FLAG_FIELD and not state.digits:
             decoder.flag_guess = int(decoder.tokenizer.decode([choice]).lstrip().startswith("1"))  # the next steps' guess
         state = next_states.get(choice, _DONE)
+        if drafted is not None and draft.hinted[row] and decoder.hint_mode != "off":
+            decoder.hint_mode = "trusted" if choice == drafted else "off"
         if drafted is None or choice != drafted:
             return choice, row, state
         counts["accepted"] += 1
@@ -528,6 +559,24 @@ def _single_prompt(batch: dict) -> list[int]:
     if row.numel() == 0:
         raise InvalidInputError("the prompt is empty")
     return [int(t) for t in row.tolist()]
+
+
+def _checked_hints(step_hints) -> dict[int, list[tuple[int, ...]]]:
+    """Step hints as {mark id: [step values]}, each step 2 (x, y) or 4 (x, y, depth bin, gripper) non-negative ints."""
+    if step_hints is None:
+        return {}
+    if not isinstance(step_hints, dict):
+        raise InvalidInputError(f"step_hints must map mark ids to lists of steps, got {type(step_hints).__name__}")
+    checked = {}
+    for mark_id, steps in step_hints.items():
+        try:
+            rows = [tuple(int(v) for v in step) for step in steps]
+        except (TypeError, ValueError) as exc:
+            raise InvalidInputError(f"step hint of mark {mark_id!r} must be a list of integer steps: {exc}") from exc
+        if any(len(row) not in (2, 4) or min(row) < 0 for row in rows):
+            raise InvalidInputError(f"step hint of mark {mark_id!r}: each step must be 2 or 4 non-negative ints, got {rows}")
+        checked[int(mark_id)] = rows
+    return checked
 
 
 def _remember(cache: OrderedDict, key, value) -> None:

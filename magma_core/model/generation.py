@@ -40,6 +40,7 @@ def greedy_trace(
     model, processor, batch: dict, grammar: TraceGrammar | None = None, max_new_tokens: int = 256, forced_prefix: str = "",
     mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None,
     prompt_cache: PromptCache | None = None, gripper_flag: int | None = None,
+    step_hints: dict[int, list[tuple[int, ...]]] | None = None,
 ) -> tuple[list[ParseResult], torch.Tensor]:
     """Greedy trace of ONE prompt, the model run only where the grammar branches (see `fast_decode`).
 
@@ -51,12 +52,13 @@ def greedy_trace(
     `mark_positions` (mark id -> listed (x, y[, depth])) and `moving_mark` draft listed positions for
     verification: fewer calls, the same tokens. `prompt_cache` (from `goal_line_scores(..., room=...)`): go on
     from the model state after the start of this prompt instead of running it again. `gripper_flag` (the hand's
-    state, 0 open / 1 closed) drafts the steps' gripper flags: fewer calls, the same tokens.
+    state, 0 open / 1 closed) drafts the steps' gripper flags, and `step_hints` (mark id -> each step's values, e.g.
+    the previous frame's plan) the numbers of the steps no listed position covers: fewer calls, the same tokens.
     """
     grammar = grammar or TraceGrammar()
     ids = greedy_trace_ids(model, processor, batch, grammar, max_new_tokens, forced_prefix,
                            mark_positions=mark_positions, moving_mark=moving_mark, prompt_cache=prompt_cache,
-                           gripper_flag=gripper_flag)
+                           gripper_flag=gripper_flag, step_hints=step_hints)
     return [processor.decode_trace(ids[0], **_parse_options(grammar))], ids
 
 

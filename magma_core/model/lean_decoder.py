@@ -8,14 +8,17 @@ cache bookkeeping. `LeanLlamaDecoder` runs the same computation as plain tensor 
     attention (`scaled_dot_product_attention` over the cached keys/values), o_proj, residual,
     RMSNorm, gated MLP, residual -> final RMSNorm -> lm_head on the trailing rows only.
 
-It reads the weights from the loaded model's modules (references, no copies) and owns a
-preallocated KV cache, so it can take a prefill of merged input embeddings (images included, see
-`merged_input_embeddings`), then several new tokens per call (drafts), and forget the last k tokens
-(rejected drafts). The arithmetic is transformers' Llama arithmetic; three choices only change how
-it is scheduled, never what is computed: a projection of a few rows runs as weight @ x^T (`_project`),
-the query heads that share a key/value head attend as one block (`_attend`), and the last layer
-carries on only the rows whose logits are asked for. Logits match the transformers forward to
-float rounding (about 1e-6 on magma-tiny), so greedy tokens are the same up to exact ties.
+It owns a preallocated KV cache, so it can take a prefill of merged input embeddings (images
+included, see `merged_input_embeddings`), then several new tokens per call (drafts), and forget the
+last k tokens (rejected drafts). The arithmetic is transformers' Llama arithmetic; these choices only
+change how it is scheduled, never what is computed:
+- the projections that read the same input run as one product (q/k/v, gate/up: `PackedWeights`, built
+  once per model and rebuilt when a parameter changes), in the memory layout whose kernel is faster on
+  this CPU (`projection_layout`: measured once per process; the best one differs between CPUs);
+- the query heads that share a key/value head attend as one block (`_attend`);
+- the last layer carries on only the rows whose logits are asked for.
+Logits match the transformers forward to float rounding (about 1e-6 on magma-tiny), so greedy tokens
+are the same up to exact ties.
 
 Anything it does not implement exactly (another text model, rope scaling, sliding windows, a
 non-SDPA attention implementation, training mode) is refused by `check_lean_support` with an
@@ -23,6 +26,8 @@ non-SDPA attention implementation, training mode) is refused by `check_lean_supp
 """
 from __future__ import annotations
 
+import time
+import weakref
 from collections.abc import Sequence
 
 import torch
@@ -33,8 +38,10 @@ from transformers.models.llama.modeling_llama import LlamaAttention, LlamaDecode
 from magma_core.errors import InvalidInputError
 
 _MIN_CAPACITY = 64  # tokens of KV cache allocated at least; grown by doubling when exceeded
-# Up to this many rows a projection runs as weight @ x^T (see `_project`); a prefill keeps F.linear.
+# Up to this many rows a projection may run as weight @ x^T (layout "out_in", see `_project`); more keep F.linear.
 _FEW_ROWS = 8
+LAYOUTS = ("in_out", "out_in")  # weights stored (in, out) and multiplied x @ w, or stored (out, in) as nn.Linear
+_layout_measured: str | None = None
 
 
 def check_lean_support(model) -> None:
@@ -87,13 +94,41 @@ def merged_input_embeddings(model, input_ids: torch.Tensor, pixel_values: torch.
     return model.embed_inputs(input_ids, pixel_values, image_grids)
 
 
-class _Layer:
-    """One decoder layer's weights (references to the module's parameters) and attention shape."""
+def projection_layout() -> str:
+    """The weight layout whose matrix product is faster for a few rows on this CPU: "in_out" (x @ w, w stored
+    (in, out)) or "out_in" (w @ x^T for a few rows, F.linear for more, w stored (out, in) as nn.Linear keeps it).
 
-    def __init__(self, layer: LlamaDecoderLayer):
+    MKL picks different kernels for the two, and which is faster differs between CPUs by up to 2x (measured on this
+    project's machines both ways round), so it is measured once per process on a magma-tiny-sized product."""
+    global _layout_measured
+    if _layout_measured is None:
+        generator = torch.Generator().manual_seed(0)
+        weight = torch.randn(1536, 256, generator=generator)
+        stored = {"in_out": weight.t().contiguous(), "out_in": weight}
+        rows = [torch.randn(n, 256, generator=generator) for n in (1, 2, 4)]
+        best: dict[str, float] = {layout: float("inf") for layout in LAYOUTS}
+        with torch.inference_mode():
+            for _ in range(5):  # interleaved rounds, best of each: robust to a busy neighbour
+                for layout in LAYOUTS:
+                    start = time.perf_counter()
+                    for _ in range(10):
+                        for x in rows:
+                            _project(x, stored[layout], None, layout)
+                    best[layout] = min(best[layout], time.perf_counter() - start)
+        _layout_measured = min(LAYOUTS, key=best.__getitem__)
+    return _layout_measured
+
+
+class _Layer:
+    """One decoder layer's packed weights and attention shape."""
+
+    def __init__(self, layer: LlamaDecoderLayer, layout: str):
         attn, mlp = layer.self_attn, layer.mlp
-        self.q, self.k, self.v, self.o = ((p.weight, p.bias) for p in (attn.q_proj, attn.k_proj, attn.v_proj, attn.o_proj))
-        self.gate, self.up, self.down = ((p.weight, p.bias) for p in (mlp.gate_proj, mlp.up_proj, mlp.down_proj))
+        self.qkv = _packed(layout, attn.q_proj, attn.k_proj, attn.v_proj)
+        self.o = _packed(layout, attn.o_proj)
+        self.gate_up = _packed(layout, mlp.gate_proj, mlp.up_proj)
+        self.down = _packed(layout, mlp.down_proj)
+        self.intermediate = int(mlp.gate_proj.out_features)
         self.act = mlp.act_fn
         self.norm_in = (layer.input_layernorm.weight, float(layer.input_layernorm.variance_epsilon))
         self.norm_post = (layer.post_attention_layernorm.weight, float(layer.post_attention_layernorm.variance_epsilon))
@@ -104,25 +139,72 @@ class _Layer:
         self.groups = self.n_heads // self.n_kv_heads  # query heads per key/value head
 
 
+def _packed(layout: str, *linears) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """(weight, bias) of `linears` stacked along their outputs, stored in `layout` (a copy)."""
+    weight = torch.cat([linear.weight.detach() for linear in linears], dim=0)
+    biases = [linear.bias for linear in linears]
+    if all(b is None for b in biases):
+        bias = None
+    else:
+        bias = torch.cat([b.detach() if b is not None else weight.new_zeros(linear.out_features)
+                          for b, linear in zip(biases, linears)])
+    return (weight.t().contiguous() if layout == "in_out" else weight.contiguous()), bias
+
+
+class PackedWeights:
+    """A text model's weights as `LeanLlamaDecoder` multiplies them: fused and laid out (`projection_layout`).
+
+    `for_model` keeps one per model and builds a new one when any parameter was replaced or changed in place
+    (training between evaluations), so a decoder always runs the model's current weights."""
+
+    _cache: "weakref.WeakKeyDictionary[object, PackedWeights]" = weakref.WeakKeyDictionary()
+
+    def __init__(self, language_model, layout: str):
+        decoder = language_model.model
+        count = int(language_model.config.num_hidden_layers)
+        self.layout = layout
+        with torch.no_grad():
+            self.layers = [_Layer(layer, layout) for layer in decoder.layers[:count]]
+            self.lm_head = _packed(layout, language_model.lm_head)
+        self.signature = self.signature_of(language_model)
+
+    @staticmethod
+    def signature_of(language_model) -> tuple:
+        # Storage, version counter (bumped by in-place updates) and dtype/device of every parameter.
+        return tuple((p.data_ptr(), p._version, p.dtype, p.device) for p in language_model.parameters())
+
+    @classmethod
+    def for_model(cls, language_model, layout: str | None = None) -> "PackedWeights":
+        layout = layout or projection_layout()
+        found = cls._cache.get(language_model)
+        if found is None or found.layout != layout or found.signature != cls.signature_of(language_model):
+            found = cls(language_model, layout)
+            cls._cache[language_model] = found
+        return found
+
+
 class LeanLlamaDecoder:
     """Prefill, multi-token steps and cropping over a preallocated KV cache, for one sequence.
 
     Usage: ``logits = dec.prefill(embeds, logits_to_keep)``, then ``dec.step(ids, logits_to_keep)``
     any number of times, ``dec.crop_last(k)`` to forget the last k tokens. Logits come as
     (logits_to_keep, vocab): the rows after each of the last `logits_to_keep` tokens fed.
-    Weights are read from `model` when the decoder is built: build a new one after replacing
-    parameters (in-place updates are seen). Not thread-safe: one sequence, one caller.
+    Weights are read from `model` when the decoder is built (`PackedWeights`): build a new one after changing
+    parameters. Not thread-safe: one sequence, one caller.
     """
 
-    def __init__(self, model, capacity: int = 0):
+    def __init__(self, model, capacity: int = 0, layout: str | None = None):
         check_lean_support(model)
+        if layout is not None and layout not in LAYOUTS:
+            raise InvalidInputError(f"layout must be one of {LAYOUTS} or None (measured), got {layout!r}")
         language_model = model.language_model
         decoder = language_model.model
-        config = language_model.config
-        self.layers = [_Layer(layer) for layer in decoder.layers[: int(config.num_hidden_layers)]]
+        packed = PackedWeights.for_model(language_model, layout)
+        self.layout = packed.layout
+        self.layers = packed.layers
         self.embed_weight = decoder.embed_tokens.weight
         self.final_norm = (decoder.norm.weight, float(decoder.norm.variance_epsilon))
-        self.lm_head = (language_model.lm_head.weight, language_model.lm_head.bias)
+        self.lm_head = packed.lm_head
         self.inv_freq = decoder.rotary_emb.inv_freq
         self.dtype = self.embed_weight.dtype
         self.device = self.embed_weight.device
@@ -243,8 +325,9 @@ class LeanLlamaDecoder:
         with torch.inference_mode():
             hidden = F.embedding(torch.tensor(flat, dtype=torch.long, device=self.device), self.embed_weight)
             for index, layer in enumerate(self.layers):
-                hidden = self._layer(layer, self._keys[index], self._values[index], hidden, rope, past, n, mask)
-            logits = _project(_rms_norm(hidden, *self.final_norm), *self.lm_head).contiguous()
+                hidden = self._layer(layer, self._keys[index], self._values[index], hidden, rope, past, n, mask,
+                                     self.layout)
+            logits = _project(_rms_norm(hidden, *self.final_norm), *self.lm_head, self.layout).contiguous()
         # The branches' keys and values sit past the sequence's end and are overwritten by the next feed.
         return list(logits.split([len(b) for b in lists]))
 
@@ -264,10 +347,11 @@ class LeanLlamaDecoder:
         last = len(self.layers) - 1
         for index, layer in enumerate(self.layers):
             rows = logits_to_keep if index == last else n
-            hidden = self._layer(layer, self._keys[index], self._values[index], hidden, rope, past, rows, masks[rows])
+            hidden = self._layer(layer, self._keys[index], self._values[index], hidden, rope, past, rows, masks[rows],
+                                 self.layout)
         self.length = total
         # Row-wise from here: the final norm and lm_head see the kept rows only.
-        return _project(_rms_norm(hidden, *self.final_norm), *self.lm_head).contiguous()
+        return _project(_rms_norm(hidden, *self.final_norm), *self.lm_head, self.layout).contiguous()
 
     def _mask(self, past: int, n: int, rows: int) -> tuple[torch.Tensor | None, bool]:
         """(mask, is_causal) for the last `rows` of `n` new queries over every key: causal inside the new block only.
@@ -284,24 +368,38 @@ class LeanLlamaDecoder:
         return visible.view(groups * rows, total), False
 
     @staticmethod
-    def _layer(layer: _Layer, key_cache, value_cache, hidden, rope, past: int, rows: int, mask) -> torch.Tensor:
+    def _layer(layer: _Layer, key_cache, value_cache, hidden, rope, past: int, rows: int, mask,
+               layout: str) -> torch.Tensor:
         """One decoder layer over n new positions: keys/values of all of them are cached, the last `rows` go on."""
         n = hidden.shape[0]
         total = past + n
         cos, sin = rope
-        normed = _rms_norm(hidden, *layer.norm_in)
-        k = _project(normed, *layer.k).view(n, layer.n_kv_heads, layer.head_dim).transpose(0, 1)
-        v = _project(normed, *layer.v).view(n, layer.n_kv_heads, layer.head_dim).transpose(0, 1)
-        key_cache[:, past:total] = _rotate(k, cos, sin)
-        value_cache[:, past:total] = v
+        heads, kv_heads, head_dim = layer.n_heads, layer.n_kv_heads, layer.head_dim
         if rows < n:
+            # Keys and values for every new row; queries (and all that follows) for the kept rows only.
+            normed = _rms_norm(hidden, *layer.norm_in)
+            kv = _project(normed, layer.qkv[0][:, heads * head_dim:] if layout == "in_out" else layer.qkv[0][heads * head_dim:],
+                          None if layer.qkv[1] is None else layer.qkv[1][heads * head_dim:], layout)
+            k = kv[:, : kv_heads * head_dim].reshape(n, kv_heads, head_dim).transpose(0, 1)
+            key_cache[:, past:total] = _rotate(k, cos, sin)
+            value_cache[:, past:total] = kv[:, kv_heads * head_dim:].reshape(n, kv_heads, head_dim).transpose(0, 1)
             hidden, normed, cos, sin = hidden[n - rows :], normed[n - rows :], cos[n - rows :], sin[n - rows :]
-        q = _project(normed, *layer.q).view(rows, layer.n_heads, layer.head_dim).transpose(0, 1)
-        attended = _attend(layer, _rotate(q, cos, sin), key_cache[:, :total], value_cache[:, :total], *mask)
-        hidden = hidden + _project(attended, *layer.o)
-        normed = _rms_norm(hidden, *layer.norm_post)
-        gated = layer.act(_project(normed, *layer.gate)) * _project(normed, *layer.up)
-        return hidden + _project(gated, *layer.down)
+            q = _project(normed, layer.qkv[0][:, : heads * head_dim] if layout == "in_out" else layer.qkv[0][: heads * head_dim],
+                         None if layer.qkv[1] is None else layer.qkv[1][: heads * head_dim], layout)
+            q = _rotate(q.reshape(rows, heads, head_dim).transpose(0, 1), cos, sin)
+        else:
+            qkv = _project(_rms_norm(hidden, *layer.norm_in), *layer.qkv, layout)
+            # Queries and keys rotate together: one pass over (rows, heads + kv_heads, head_dim).
+            qk = _rotate(qkv[:, : (heads + kv_heads) * head_dim].reshape(n, heads + kv_heads, head_dim),
+                         cos[:, None], sin[:, None]).transpose(0, 1)
+            q = qk[:heads]
+            key_cache[:, past:total] = qk[heads:]
+            value_cache[:, past:total] = qkv[:, (heads + kv_heads) * head_dim:].reshape(n, kv_heads, head_dim).transpose(0, 1)
+        attended = _attend(layer, q, key_cache[:, :total], value_cache[:, :total], *mask)
+        hidden = hidden + _project(attended, *layer.o, layout)
+        gate_up = _project(_rms_norm(hidden, *layer.norm_post), *layer.gate_up, layout)
+        gated = layer.act(gate_up[:, : layer.intermediate]) * gate_up[:, layer.intermediate:]
+        return hidden + _project(gated, *layer.down, layout)
 
 
 def _attend(layer: _Layer, q, keys, values, mask: torch.Tensor | None, causal: bool) -> torch.Tensor:
@@ -322,17 +420,18 @@ def _attend(layer: _Layer, q, keys, values, mask: torch.Tensor | None, causal: b
 
 
 def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_folded: torch.Tensor) -> torch.Tensor:
-    """Rotary embedding of x (heads, n, head_dim) at the positions of cos / sin_folded (n, head_dim)."""
+    """Rotary embedding of x (..., head_dim) at the positions of cos / sin_folded (broadcast against x)."""
     return x * cos + x.roll(x.shape[-1] // 2, -1) * sin_folded
 
 
-def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
-    """F.linear of (n, in) rows; a few rows are multiplied as weight @ x^T (the result is a transposed view).
+def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, layout: str) -> torch.Tensor:
+    """x @ W^T + b of (n, in) rows with W stored in `layout` (see `projection_layout`).
 
-    For up to 8 rows MKL's kernel for x @ weight^T is about half as fast as the one for the transposed
-    product (a few columns against the whole weight), measured on this project's CPUs; the sums are
-    the same up to float rounding order (one row: bit for bit). Longer blocks use F.linear as transformers.
+    "in_out": one x @ w product. "out_in": a few rows are multiplied as w @ x^T (the result is a transposed view),
+    more as F.linear. The sums are the same up to float rounding order.
     """
+    if layout == "in_out":
+        return torch.mm(x, weight) if bias is None else torch.addmm(bias, x, weight)
     if x.shape[0] > _FEW_ROWS:
         return F.linear(x, weight, bias)
     out = torch.mm(weight, x.t()).t()
@@ -348,4 +447,5 @@ def _rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.T
     return weight * (hidden if dtype == torch.float32 else hidden.to(dtype))
 
 
-__all__ = ["LeanLlamaDecoder", "check_lean_support", "merged_input_embeddings"]
+__all__ = ["LAYOUTS", "LeanLlamaDecoder", "PackedWeights", "check_lean_support", "merged_input_embeddings",
+           "projection_layout"]

@@ -95,6 +95,8 @@ class MagmaPolicy:
         self.goal_header = bool(goal_header)
         # One frame's ranking can be wrong; the goal traced is the one with the most belief over recent frames.
         self.goal_belief = GoalBelief(decay=goal_memory)
+        # The gripper's last plan (grid steps), drafted for the next frame's decode: fewer model calls, same tokens.
+        self._last_gripper_steps: list[tuple[int, ...]] | None = None
         self.action_tokenizer = ActionTokenizer(processor.vocab_size, action_stats) if action_stats is not None else None
 
     @classmethod
@@ -140,8 +142,10 @@ class MagmaPolicy:
             raise CheckpointError(f"{config_path} is malformed: {exc}") from exc
 
     def reset(self) -> None:
-        """A new episode: forget the goal belief (otherwise each call plans from its observation alone)."""
+        """A new episode: forget the goal belief and the last plan (otherwise each call plans from its observation
+        alone)."""
         self.goal_belief.reset()
+        self._last_gripper_steps = None
 
     def infer(self, obs: dict[str, Any]) -> dict[str, Any]:
         """Trace mode: {marks, trace (gripper first, 2.5D pixels), trace_text, target_object, target_place,
@@ -203,12 +207,16 @@ class MagmaPolicy:
         # The steps' gripper flags are drafted from the hand's state now (closed or holding: 1), verified like the rest.
         hand = self.goal_belief.hand_state_of(opening)
         flag = None if hand == "unknown" else int(hand != "open")
+        # The last plan's steps are drafted too: consecutive plans mostly agree (verified, so the tokens are the same).
+        hints = {GRIPPER_MARK_ID: self._last_gripper_steps} if self._last_gripper_steps else None
         results, _ = greedy_trace(self.model, self.processor, batch, grammar, max_new_tokens=budget, forced_prefix=prefix,
                                   mark_positions=positions, moving_mark=GRIPPER_MARK_ID, prompt_cache=prompt_cache,
-                                  gripper_flag=flag)
+                                  gripper_flag=flag, step_hints=hints)
         result = results[0]
         if not result.ok:
+            self._last_gripper_steps = None
             raise UnparsableOutputError(f"the model's trace did not parse: {result.error}")
+        self._last_gripper_steps = _grid_steps(result.traces, GRIPPER_MARK_ID)
         written = [t.mark_id for t in result.traces]
         if GRIPPER_MARK_ID in dict(marks) and GRIPPER_MARK_ID not in written:
             raise UnparsableOutputError(f"the model traced marks {written} but not the gripper (mark {GRIPPER_MARK_ID})")
@@ -268,6 +276,17 @@ class MagmaPolicy:
         batch = self.processor([np.asarray(obs["rgb"])], [action_prompt(obs["instruction"])])
         actions = generate_actions(self.model, self.processor, batch, self.action_tokenizer, n_actions=1, do_sample=False)
         return {"actions": actions[0], "action_space": "ee_delta"}
+
+
+def _grid_steps(traces, mark_id: int) -> list[tuple[int, ...]] | None:
+    """One mark's trace as grid steps (x, y[, depth bin, gripper]), or None when it was not traced."""
+    for trace in traces:
+        if trace.mark_id == mark_id:
+            columns = [trace.cells[:, 0], trace.cells[:, 1]]
+            if trace.depth_bins is not None and trace.gripper is not None:
+                columns += [trace.depth_bins, trace.gripper]
+            return [tuple(int(v) for v in row) for row in zip(*columns)]
+    return None
 
 
 __all__ = ["MagmaPolicy", "write_policy_files", "POLICY_CLASS", "POLICY_FILE", "POLICY_CONFIG_FILE"]
