@@ -383,3 +383,34 @@ def test_step_hints_are_checked(model, processor, hints, problem):
 
     with pytest.raises(InvalidInputError, match=problem):
         greedy_trace_ids(model, processor, _batch(processor, 1), ONE_MARK_25D, 80, step_hints=hints)
+
+
+def test_a_lookahead_in_the_scoring_call_gives_the_same_trace_with_a_call_fewer(processor):
+    """The policy traces ahead, inside the goal-line scoring call, the goal its belief already leads with. Whether
+    that goal then wins, loses, or the lookahead is nonsense, the trace is the greedy one; when it wins and the
+    lookahead is what the decode would feed first, the decode's first call is already done."""
+    from magma_core.model.fast_decode import greedy_trace_ids, score_continuations_cached, trace_lookahead
+
+    model, batch = _model(12), _batch(processor, seed=12)
+    grammar = TraceGrammar(expect_steps=3, expect_25d=True, mark_ids=frozenset({1, 2}), max_marks=2, final_mark=1)
+    lines = [processor.tokenizer.encode(t, add_special_tokens=False) for t in ("Goal: red block 4cm\n", "Goal: pad 9cm\n")]
+    plain_scores, _ = score_continuations_cached(model, batch, lines, backend="lean", room=300)
+    best = int(np.argmax(plain_scores))
+    ids = torch.cat([batch["input_ids"], torch.tensor([lines[best] + [TRACE_START_ID]])], dim=1)
+    extended = {**batch, "input_ids": ids, "attention_mask": torch.ones_like(ids)}
+    plain_stats = {}
+    plain = greedy_trace_ids(model, processor, extended, grammar, max_new_tokens=120, backend="lean", stats=plain_stats)
+    ahead = [TRACE_START_ID] + trace_lookahead(processor, grammar, max_new_tokens=120)
+    assert processor.tokenizer.decode(ahead[1:]).startswith("Mark ")  # the answer's opening, drafted
+    for index, tokens in ((best, ahead), (1 - best, ahead), (best, [TRACE_START_ID, 40, 41, 42]), (best, ahead[:1])):
+        scores, cache = score_continuations_cached(model, batch, lines, backend="lean", room=300, lookahead=(index, tokens))
+        np.testing.assert_allclose(scores, plain_scores, atol=1e-4)
+        stats = {}
+        assert greedy_trace_ids(model, processor, extended, grammar, max_new_tokens=120, backend="lean",
+                                prompt_cache=cache, stats=stats).tolist() == plain.tolist()
+        if index == best and tokens == ahead:
+            assert stats["forward_calls"] == plain_stats["forward_calls"] - 1
+    with pytest.raises(InvalidInputError, match="names no continuation"):
+        score_continuations_cached(model, batch, lines, backend="lean", lookahead=(2, ahead))
+    with pytest.raises(InvalidInputError, match="lookahead must be"):
+        score_continuations_cached(model, batch, lines, backend="lean", lookahead=ahead)

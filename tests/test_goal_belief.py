@@ -67,3 +67,16 @@ def test_bad_frames_are_refused():
         belief.update([], [], OPEN)
     with pytest.raises(InvalidInputError, match="finite"):
         belief.update([BLUE], [float("nan")], OPEN)
+
+
+def test_leading_names_the_candidate_with_the_most_belief_without_changing_it():
+    belief = GoalBelief(decay=0.8)
+    points = [(10.0, 10.0), (50.0, 50.0)]
+    assert belief.leading(points, 0.08) is None  # nothing to go by yet
+    belief.update(points, [0.0, 3.0], 0.08)
+    moved = [(51.0, 49.0), (11.0, 9.0)]  # the same two things, listed the other way round this frame
+    assert belief.leading(moved, 0.08) == 0
+    assert belief.leading(moved, 0.08) == 0  # read-only
+    assert belief.leading(moved, 0.03) is None  # the hand's state changed: the belief will start afresh
+    assert belief.leading([(90.0, 90.0)], 0.08) is None  # nothing seen before
+    assert belief.update(moved, [0.0, 0.0], 0.08) == 0

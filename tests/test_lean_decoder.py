@@ -109,7 +109,7 @@ def test_the_cache_grows_past_its_first_capacity(model, processor):
     batch = _batch(processor, 1)
     prompt = batch["input_ids"].shape[1]
     lean = LeanLlamaDecoder(model, capacity=prompt + 2)
-    assert lean.capacity == max(prompt + 2, 64)
+    assert lean.capacity >= max(prompt + 2, 64) and lean.capacity % 64 == 0
     # Ten 9-token steps outgrow that allocation several times over; the logits stay the transformers ones.
     assert _compare_with_transformers(model, batch, steps=[(9, 2, 1)] * 10, capacity=prompt + 2) < 1e-4
 

@@ -138,7 +138,7 @@ class TraceVocabulary:
     def options(self, grammar: TraceGrammar, state: TraceState) -> tuple[torch.Tensor, torch.Tensor, dict[int, TraceState]]:
         """Tokens the grammar accepts from `state`: (ids, tokens each leaves to finish, id -> next state); cached."""
         grammar = self.cache_grammar(grammar, state)
-        key = (grammar, state)
+        key = (grammar, grammar.cache_state(state))
         cached = self._cache.get(key)
         if cached is not None:
             self._cache.move_to_end(key)

@@ -127,7 +127,8 @@ class _TraceDecoder:
     # ------------------------------------------------------------------ allowed tokens
 
     def options(self, state: TraceState) -> _Options:
-        key = (self.vocab.cache_grammar(self.grammar, state), state)  # shared across frames where anchors cannot act
+        # Shared across frames where anchors cannot act, and across the values of a finished number.
+        key = (self.vocab.cache_grammar(self.grammar, state), self.grammar.cache_state(state))
         found = self._options_cache.get(key)
         if found is not None:
             self._options_cache.move_to_end(key)
@@ -168,20 +169,29 @@ class _TraceDecoder:
     # ------------------------------------------------------------------ drafts
 
     def forced_tokens(self, state: TraceState) -> tuple[int, ...]:
-        """Canonical tokens of the text the grammar forces from `state` (number ends guessed); cached."""
-        key = (self.grammar, state)
-        found = self._forced_cache.get(key)
-        if found is not None:
-            self._forced_cache.move_to_end(key)
-            return found
-        text = self._forced_text(state)
+        """Canonical tokens of the text the grammar forces from `state` (number ends guessed); cached.
+
+        A walk no anchor acted on is the same for every grammar that differs only in its anchors' values (where
+        anchors can act depends on which marks have them and how many fields): it is cached under that
+        anchor-free key, so frames share it. Walks through anchored fields are cached per grammar."""
+        grammar = self.grammar
+        shared_key = (grammar.without_anchors(), grammar.anchor_shape, state)
+        for key in (shared_key, (grammar, state)):
+            found = self._forced_cache.get(key)
+            if found is not None:
+                self._forced_cache.move_to_end(key)
+                return found
+        text, anchored = self._forced_text(state)
         found = self.encode(text) if text else ()
-        _remember(self._forced_cache, key, found)
+        _remember(self._forced_cache, (grammar, state) if anchored else shared_key, found)
         return found
 
-    def _forced_text(self, state: TraceState) -> str:
+    def _forced_text(self, state: TraceState) -> tuple[str, bool]:
+        """(the forced text from `state`, whether an anchor acted on any state of the walk)."""
         chars: list[str] = []
+        anchored = False
         while state.phase not in (Phase.START, Phase.END, Phase.DONE):
+            anchored = anchored or self.grammar.anchors_act_on(state)
             if state.phase == Phase.AFTER_MARK and not self.grammar.markers_as_text:
                 break  # "\n" (another mark) or the end marker token: a real choice
             steps = [(char, nxt) for char in self.alphabet if (nxt := self.grammar.step(state, char)) is not None]
@@ -192,7 +202,7 @@ class _TraceDecoder:
                 break
             char, state = steps[0]
             chars.append(char)
-        return "".join(chars)
+        return "".join(chars), anchored
 
     def draft(self, state: TraceState, generated: int) -> _Draft:
         """Tokens from `state` up to the next real choice: forced ones (certain) and the canonical run (to verify)."""
@@ -315,7 +325,7 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
                 break
             last = rows[-1]
             logits = runner.feed(pending + draft.tokens[:last], logits_to_keep=last + 1)
-            counts["forward_calls"] += 1
+            counts["forward_calls"] += not runner.last_feed_reused  # a feed the lookahead had computed runs nothing
             choice, kept, state = _verify(decoder, draft, logits, answer, counts)
             if choice is None:
                 break  # the draft ran to end-of-sequence (or the budget) and the model agreed
@@ -364,10 +374,16 @@ def score_continuations(model, batch: dict, continuations: list[list[int]], back
 
 
 def score_continuations_cached(model, batch: dict, continuations: list[list[int]], backend: str = "auto",
-                               room: int = 0) -> tuple[list[float], PromptCache]:
+                               room: int = 0, lookahead: tuple[int, list[int]] | None = None,
+                               ) -> tuple[list[float], PromptCache]:
     """`score_continuations`, also returning the model state after the prompt and the continuations' common
     prefix (a `PromptCache` with `room` tokens to spare after the longest continuation) so that a decode that
-    follows one of them need not run the prompt again."""
+    follows one of them need not run the prompt again.
+
+    `lookahead` (index j, tokens): the caller expects to go on after continuation j with these tokens (e.g. the
+    start of a trace `trace_lookahead` predicts). With the lean decoder they ride along in continuation j's
+    branch of the same call, and a decode from the cache that does follow continuation j finds them fed, with
+    their logits: one forward call fewer. Any other path costs only the wasted rows."""
     if backend not in BACKENDS:
         raise InvalidInputError(f"backend must be one of {BACKENDS}, got {backend!r}")
     if not continuations or any(not list(c) for c in continuations):
@@ -378,19 +394,25 @@ def score_continuations_cached(model, batch: dict, continuations: list[list[int]
     while all(len(c) > common + 1 and c[common] == conts[0][common] for c in conts):
         common += 1  # every continuation keeps at least one token of its own
     longest, room = max(len(c) for c in conts), max(int(room), 0)
-    runner = _model_runner(model, batch, backend, capacity=len(prompt) + longest + room)
+    ahead_index, ahead = _checked_lookahead(lookahead, len(conts))
+    runner = _model_runner(model, batch, backend, capacity=len(prompt) + longest + room + len(ahead))
     with torch.inference_mode():
         rows = torch.log_softmax(runner.feed(prompt + conts[0][:common], logits_to_keep=common + 1).float(), dim=-1)
         shared = float(sum(rows[i, conts[0][i]] for i in range(common)))
         scores = [shared + float(rows[common, cont[common]]) for cont in conts]
         longer = [j for j, cont in enumerate(conts) if len(cont) - common > 1]
-        if longer and isinstance(runner, _LeanRunner):
+        if isinstance(runner, _LeanRunner) and (longer or ahead):
+            if ahead:  # that continuation's branch goes first, whole and with the lookahead: it is kept in place
+                longer = [ahead_index] + [j for j in longer if j != ahead_index]
+            branches = [conts[j][common:] + ahead if ahead and j == ahead_index else conts[j][common:-1] for j in longer]
             # One call for every candidate: side by side as sibling branches of the shared prefix.
-            branch_logits = runner.decoder.score_branches([conts[j][common:-1] for j in longer])
+            branch_logits = runner.decoder.score_branches(branches, keep_first=bool(ahead))
             for j, logits in zip(longer, branch_logits):
                 rest = conts[j][common:]
-                own = torch.log_softmax(logits.float(), dim=-1)
+                own = torch.log_softmax(logits[: len(rest) - 1].float(), dim=-1)
                 scores[j] += float(sum(own[i, rest[i + 1]] for i in range(len(rest) - 1)))
+            if ahead:
+                runner.adopt(branches[0], branch_logits[0])
         else:
             for j in longer:
                 rest = conts[j][common:]
@@ -409,6 +431,7 @@ class _TransformersRunner:
     """The model's own forward and transformers' KV cache: any model, device and dtype."""
 
     name = "transformers"
+    last_feed_reused = False
 
     def __init__(self, model, batch: dict):
         self.model = model
@@ -435,7 +458,10 @@ class _TransformersRunner:
 
 
 class _LeanRunner:
-    """`LeanLlamaDecoder` over the model's weights; the prompt's embeddings (images merged) come from the model's code."""
+    """`LeanLlamaDecoder` over the model's weights; the prompt's embeddings (images merged) come from the model's code.
+
+    It may hold a speculation (`adopt`): tokens already in the decoder's cache past what was fed, with their logits.
+    The next feed reuses the part of it that matches the tokens asked for and drops the rest."""
 
     name = "lean"
 
@@ -444,8 +470,19 @@ class _LeanRunner:
         self.model = model
         self.pixel_values, self.image_grids = batch.get("pixel_values"), batch.get("image_grids")
         self.started = False
+        self.speculated: tuple[list[int], torch.Tensor] | None = None
+        self.last_feed_reused = False  # the last feed was answered from the speculation alone
+
+    def adopt(self, tokens: list[int], logits: torch.Tensor) -> None:
+        """Take the last len(tokens) tokens in the decoder's cache as a speculation; logits row i follows tokens[i]."""
+        if not self.started or len(tokens) != logits.shape[0] or len(tokens) > self.decoder.length:
+            raise InvalidInputError("a speculation needs its tokens in the started decoder's cache and one logits row each")
+        self.speculated = (list(tokens), logits)
 
     def feed(self, tokens: list[int], logits_to_keep: int) -> torch.Tensor:
+        self.last_feed_reused = False
+        if self.speculated is not None:
+            return self._feed_over_speculation(list(tokens), logits_to_keep)
         if self.started:
             return self.decoder.step(tokens, logits_to_keep)
         ids = torch.tensor([tokens], dtype=torch.long, device=self.decoder.device)
@@ -453,7 +490,28 @@ class _LeanRunner:
         self.started = True
         return self.decoder.prefill(embeds, logits_to_keep)
 
+    def _feed_over_speculation(self, tokens: list[int], logits_to_keep: int) -> torch.Tensor:
+        held, rows = self.speculated
+        self.speculated = None
+        match = 0
+        while match < min(len(held), len(tokens)) and held[match] == tokens[match]:
+            match += 1
+        self.decoder.crop_last(len(held) - match)  # the part that was not asked for
+        if not 1 <= logits_to_keep <= len(tokens):
+            raise InvalidInputError(f"logits_to_keep must be in [1, {len(tokens)}], got {logits_to_keep!r}")
+        rest = tokens[match:]
+        if not rest:
+            self.last_feed_reused = True
+            return rows[match - logits_to_keep: match]
+        new = self.decoder.step(rest, min(logits_to_keep, len(rest)))
+        if logits_to_keep <= len(rest):
+            return new
+        return torch.cat([rows[match - (logits_to_keep - len(rest)): match], new])
+
     def crop_last(self, k: int) -> None:
+        if self.speculated is not None:
+            self.decoder.crop_last(len(self.speculated[0]))
+            self.speculated = None
         self.decoder.crop_last(k)
 
 
@@ -561,6 +619,39 @@ def _single_prompt(batch: dict) -> list[int]:
     return [int(t) for t in row.tolist()]
 
 
+def trace_lookahead(processor, grammar: TraceGrammar, max_new_tokens: int = 256, forced_prefix: str = "",
+                    mark_positions: dict[int, tuple[int, ...]] | None = None, moving_mark: int | None = None,
+                    gripper_flag: int | None = None,
+                    step_hints: dict[int, list[tuple[int, ...]]] | None = None) -> list[int]:
+    """The answer tokens `greedy_trace_ids` (same arguments, a prompt ending with the trace start marker) feeds in
+    its first forward call: the forced prefix and the first draft. For `score_continuations_cached(lookahead=...)`."""
+    decoder = _TraceDecoder(processor, grammar, max_new_tokens, mark_positions, moving_mark, gripper_flag, step_hints)
+    state = decoder.grammar.initial_state(start_marker_done=decoder.vocab.trace_start_id is not None)
+    prefix_ids = list(decoder.encode(forced_prefix)) if forced_prefix else []
+    state = decoder.walk_prefix(state, prefix_ids, forced_prefix)
+    if len(prefix_ids) >= decoder.max_new_tokens or state.phase == Phase.DONE:
+        return prefix_ids
+    draft = decoder.draft(state, len(prefix_ids))
+    rows = [i for i, sure in enumerate(draft.certain) if not sure]
+    ends = bool(draft.tokens) and draft.tokens[-1] == decoder.eos
+    if not ends and len(prefix_ids) + len(draft.tokens) < decoder.max_new_tokens:
+        rows.append(len(draft.tokens))
+    return prefix_ids + (draft.tokens[: rows[-1]] if rows else [])
+
+
+def _checked_lookahead(lookahead, n_continuations: int) -> tuple[int, list[int]]:
+    if lookahead is None:
+        return -1, []
+    try:
+        index, tokens = lookahead
+        index, tokens = int(index), [int(t) for t in tokens]
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"lookahead must be (continuation index, token ids), got {lookahead!r}") from exc
+    if not 0 <= index < n_continuations:
+        raise InvalidInputError(f"lookahead index {index} names no continuation (there are {n_continuations})")
+    return index, tokens
+
+
 def _checked_hints(step_hints) -> dict[int, list[tuple[int, ...]]]:
     """Step hints as {mark id: [step values]}, each step 2 (x, y) or 4 (x, y, depth bin, gripper) non-negative ints."""
     if step_hints is None:
@@ -586,4 +677,4 @@ def _remember(cache: OrderedDict, key, value) -> None:
 
 
 __all__ = ["BACKENDS", "PromptCache", "greedy_trace_ids", "score_continuations", "score_continuations_cached",
-           "trace_start_prefix"]
+           "trace_lookahead", "trace_start_prefix"]

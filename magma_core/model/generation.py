@@ -62,15 +62,17 @@ def greedy_trace(
     return [processor.decode_trace(ids[0], **_parse_options(grammar))], ids
 
 
-def goal_line_scores(model, processor, batch: dict, descriptions,
-                     room: int = 0) -> tuple[list[float], list[list[int]], PromptCache]:
+def goal_line_scores(model, processor, batch: dict, descriptions, room: int = 0,
+                     lookahead: tuple[int, list[int]] | None = None) -> tuple[list[float], list[list[int]], PromptCache]:
     """Log-likelihood of each description's goal line ("Goal: red block 4cm\n", `prompts.goal_header`) after ONE
     prompt, the prompt run once; returns (scores, each line's token ids, a `PromptCache` with `room` tokens to
-    spare, for `greedy_trace` to decode on from without running the prompt again)."""
+    spare, for `greedy_trace` to decode on from without running the prompt again). `lookahead` (index, tokens):
+    the tokens expected after that description's line, computed in the same call (see
+    `score_continuations_cached`)."""
     from magma_core.prompts import goal_header
 
     lines = [processor.tokenizer.encode(goal_header(text), add_special_tokens=False) for text in descriptions]
-    scores, cache = score_continuations_cached(model, batch, lines, room=room)
+    scores, cache = score_continuations_cached(model, batch, lines, room=room, lookahead=lookahead)
     return scores, lines, cache
 
 

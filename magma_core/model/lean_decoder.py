@@ -167,6 +167,7 @@ class PackedWeights:
             self.layers = [_Layer(layer, layout) for layer in decoder.layers[:count]]
             self.lm_head = _packed(layout, language_model.lm_head)
         self.signature = self.signature_of(language_model)
+        self.rotary: dict[tuple, tuple[torch.Tensor, torch.Tensor]] = {}  # (capacity, device, dtype) -> cos, sin
 
     @staticmethod
     def signature_of(language_model) -> tuple:
@@ -200,6 +201,7 @@ class LeanLlamaDecoder:
         language_model = model.language_model
         decoder = language_model.model
         packed = PackedWeights.for_model(language_model, layout)
+        self._packed = packed
         self.layout = packed.layout
         self.layers = packed.layers
         self.embed_weight = decoder.embed_tokens.weight
@@ -227,6 +229,7 @@ class LeanLlamaDecoder:
         return self._keys[0].shape[1] if self._keys else 0
 
     def _allocate(self, capacity: int) -> None:
+        capacity = -(-capacity // _MIN_CAPACITY) * _MIN_CAPACITY  # whole blocks: few distinct sizes, tables reused
         old_keys, old_values, held = self._keys, self._values, self.length
         self._keys, self._values = [], []
         for index, layer in enumerate(self.layers):
@@ -241,6 +244,16 @@ class LeanLlamaDecoder:
         self._cos, self._sin = self._rotary_tables(capacity)
 
     def _rotary_tables(self, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
+        # Kept with the packed weights: every decoder of a model needs the same tables (one per step of the policy).
+        key = (capacity, self.device, self.dtype)
+        found = self._packed.rotary.get(key)
+        if found is None:
+            if len(self._packed.rotary) >= 16:
+                self._packed.rotary.clear()
+            found = self._packed.rotary[key] = self._compute_rotary_tables(capacity)
+        return found
+
+    def _compute_rotary_tables(self, capacity: int) -> tuple[torch.Tensor, torch.Tensor]:
         """cos and sign-folded sin by position: transformers' default rope values, computed once.
 
         transformers rotates x as ``x * cos + rotate_half(x) * sin`` with rotate_half(x) = (-x2, x1);
@@ -295,10 +308,11 @@ class LeanLlamaDecoder:
         with torch.inference_mode():
             return self._forward(inputs_embeds[0].to(self.device, self.dtype), logits_to_keep)
 
-    def score_branches(self, branches: Sequence[Sequence[int]]) -> list[torch.Tensor]:
+    def score_branches(self, branches: Sequence[Sequence[int]], keep_first: bool = False) -> list[torch.Tensor]:
         """Logits after every token of each branch, the branches fed side by side in ONE call as alternative
         continuations of the sequence held (tree attention: a branch sees the sequence and its own earlier
-        tokens, at the positions it would have alone). The cache is left as it was.
+        tokens, at the positions it would have alone). The cache is left as it was, or with `keep_first` holds
+        the first branch after the sequence, as if it had been fed alone (its rows come first, in place).
 
         Returns one (len(branch), vocab) tensor per branch: row i predicts the token after branch[i].
         """
@@ -329,6 +343,8 @@ class LeanLlamaDecoder:
                                      self.layout)
             logits = _project(_rms_norm(hidden, *self.final_norm), *self.lm_head, self.layout).contiguous()
         # The branches' keys and values sit past the sequence's end and are overwritten by the next feed.
+        if keep_first:
+            self.length = past + len(lists[0])
         return list(logits.split([len(b) for b in lists]))
 
     def _forward(self, hidden: torch.Tensor, logits_to_keep: int) -> torch.Tensor:
@@ -441,6 +457,8 @@ def _project(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, l
 def _rms_norm(hidden: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     """LlamaRMSNorm's arithmetic: statistics in float32, the weight applied in the input dtype."""
     dtype = hidden.dtype
+    if dtype == torch.float32 and weight.dtype == torch.float32:
+        return F.rms_norm(hidden, weight.shape, weight, eps)  # the same arithmetic in one kernel
     if dtype != torch.float32:
         hidden = hidden.to(torch.float32)
     hidden = hidden * torch.rsqrt(hidden.pow(2).mean(-1, keepdim=True) + eps)

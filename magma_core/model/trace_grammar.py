@@ -269,10 +269,12 @@ class TraceGrammar:
                 return state._replace(field=2, value=0, digits=0, arity=4)
             return None
         if char == ")":
+            # The number just closed is forgotten (value, digits): states after a step are then the same whatever
+            # was written, so per-state work is shared.
             if field == 1 and arity in (0, 2) and self.expect_25d is not True:
-                return state._replace(phase=Phase.AFTER_STEP, arity=2, steps=state.steps + 1)
+                return state._replace(phase=Phase.AFTER_STEP, arity=2, steps=state.steps + 1, value=0, digits=0)
             if field == 3:
-                return state._replace(phase=Phase.AFTER_STEP, steps=state.steps + 1)
+                return state._replace(phase=Phase.AFTER_STEP, steps=state.steps + 1, value=0, digits=0)
         return None
 
     def _after_step_char(self, state: TraceState, char: str) -> TraceState | None:
@@ -308,6 +310,24 @@ class TraceGrammar:
         """Whether an anchor constrains the next characters from `state`: a number field of an anchored mark's
         first step (the only place anchors act; `min_tokens_to_finish` never depends on them)."""
         return bool(self.anchors) and state.phase == Phase.FIELD and self._pinned(state) is not None
+
+    def cache_state(self, state: TraceState) -> TraceState:
+        """A state with the same options as `state`, to key per-state work by: a number that can take no more
+        digits (and is not pinned) is forgotten, since only its terminators can follow and they reset it."""
+        if (state.phase == Phase.FIELD and state.digits and 10 ** state.digits >= self._field_limit(state.field)
+                and self._pinned(state) is None):
+            phase, literal, then, mark_id, _, _, field, arity, steps, target, marks, used = state
+            return TraceState(phase, literal, then, mark_id, 0, 9, field, arity, steps, target, marks, used)
+        return state
+
+    @property
+    def anchor_shape(self) -> tuple:
+        """Which marks are anchored and on how many fields: where anchors can act, whatever their values."""
+        shape = self.__dict__.get("_anchor_shape")
+        if shape is None:
+            shape = tuple((mark_id, len(values)) for mark_id, values in self.anchors)
+            object.__setattr__(self, "_anchor_shape", shape)
+        return shape
 
     def without_anchors(self) -> "TraceGrammar":
         """This grammar with no anchors (built once per grammar)."""

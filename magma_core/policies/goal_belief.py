@@ -99,6 +99,19 @@ class GoalBelief:
         self._hypotheses = kept
         return int(np.argmax(now))
 
+    def leading(self, points: Sequence[Sequence[float]], opening_m: float | None = None) -> int | None:
+        """The candidate `update` would most likely pick before this frame's scores are in: the one at the position
+        with the most belief so far; None when there is no belief to go by (a new episode, or the hand's state
+        changed). Read-only: the policy uses it to start work on that goal early."""
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2) if len(points) else np.zeros((0, 2))
+        if not len(pts) or not self._hypotheses or self.hand_state_of(opening_m) != self.hand_state \
+                or not np.all(np.isfinite(pts)):
+            return None
+        matched = self._associate(pts)
+        if not matched:
+            return None
+        return max(matched, key=lambda i: self._hypotheses[matched[i]].belief)
+
     def _associate(self, pts: np.ndarray) -> dict[int, int]:
         """Candidate index -> hypothesis index, nearest pairs first, each within the match radius."""
         if not self._hypotheses:

@@ -162,7 +162,6 @@ class MagmaPolicy:
 
     def _infer_trace(self, obs: dict[str, Any]) -> dict[str, Any]:
         from magma_core.model import TraceGrammar, UnparsableOutputError
-        from magma_core.model.fast_decode import trace_start_prefix
         from magma_core.model.generation import greedy_trace
 
         gripper_obs = obs.get("gripper")
@@ -187,21 +186,17 @@ class MagmaPolicy:
         # Goal-first answers are one goal's trace and then the gripper's, as in training.
         trace_ids = self._trace_mark_ids(marks)
         goal_scores, prompt_cache = None, None
-        if self.goal_header and goal_first and described is not None and GRIPPER_MARK_ID in trace_ids:
-            candidates = [m for m in described if m.mark_id != GRIPPER_MARK_ID and m.mark_id in trace_ids]
-            if candidates:
-                batch, goal, goal_scores, prompt_cache = self._choose_goal(batch, candidates, opening)
-                trace_ids = frozenset({goal, GRIPPER_MARK_ID})
-        final = GRIPPER_MARK_ID if goal_first and GRIPPER_MARK_ID in trace_ids and len(trace_ids) > 1 else None
-        grammar = TraceGrammar(expect_steps=self.trace_steps + 1, expect_25d=True, n_depth_bins=self.depth_binning.n_bins,
-                               mark_ids=trace_ids, max_marks=min(self.max_marks, len(marks)), anchors=anchors, final_mark=final)
-        budget = self._answer_budget(grammar.max_marks)
-        prefix = ""
-        gripper, gripper_cell = proposal.gripper, dict(marks).get(GRIPPER_MARK_ID)
-        if (self.trace_order == "gripper_first" and gripper is not None and gripper_cell is not None
-                and GRIPPER_MARK_ID in grammar.mark_ids and np.isfinite(gripper.depth) and gripper.depth > 0):
-            # The gripper's trace starts where proprioception puts it (as in training): the model need not write that.
-            prefix = trace_start_prefix(GRIPPER_MARK_ID, gripper_cell, self.depth_binning.encode(gripper.depth))
+
+        def decoding(ids: frozenset) -> dict:
+            """How the answer tracing marks `ids` is decoded: grammar, budget, known prefix, drafts."""
+            final = GRIPPER_MARK_ID if goal_first and GRIPPER_MARK_ID in ids and len(ids) > 1 else None
+            grammar = TraceGrammar(expect_steps=self.trace_steps + 1, expect_25d=True,
+                                   n_depth_bins=self.depth_binning.n_bins, mark_ids=ids,
+                                   max_marks=min(self.max_marks, len(marks)), anchors=anchors, final_mark=final)
+            return {"grammar": grammar, "max_new_tokens": self._answer_budget(grammar.max_marks),
+                    "forced_prefix": self._gripper_prefix(proposal, marks, grammar), "mark_positions": positions,
+                    "moving_mark": GRIPPER_MARK_ID, "gripper_flag": flag, "step_hints": hints}
+
         # Greedy with jump-forward over the grammar's forced text: the same tokens as `generate`, fewer model calls.
         # Listed positions are drafted where a trace step begins (verified): same tokens, fewer model calls.
         # The steps' gripper flags are drafted from the hand's state now (closed or holding: 1), verified like the rest.
@@ -209,9 +204,13 @@ class MagmaPolicy:
         flag = None if hand == "unknown" else int(hand != "open")
         # The last plan's steps are drafted too: consecutive plans mostly agree (verified, so the tokens are the same).
         hints = {GRIPPER_MARK_ID: self._last_gripper_steps} if self._last_gripper_steps else None
-        results, _ = greedy_trace(self.model, self.processor, batch, grammar, max_new_tokens=budget, forced_prefix=prefix,
-                                  mark_positions=positions, moving_mark=GRIPPER_MARK_ID, prompt_cache=prompt_cache,
-                                  gripper_flag=flag, step_hints=hints)
+        if self.goal_header and goal_first and described is not None and GRIPPER_MARK_ID in trace_ids:
+            candidates = [m for m in described if m.mark_id != GRIPPER_MARK_ID and m.mark_id in trace_ids]
+            if candidates:
+                batch, goal, goal_scores, prompt_cache = self._choose_goal(batch, candidates, opening, decoding)
+                trace_ids = frozenset({goal, GRIPPER_MARK_ID})
+        plan = decoding(trace_ids)
+        results, _ = greedy_trace(self.model, self.processor, batch, prompt_cache=prompt_cache, **plan)
         result = results[0]
         if not result.ok:
             self._last_gripper_steps = None
@@ -236,21 +235,31 @@ class MagmaPolicy:
             "goal_scores": goal_scores,
         }
 
-    def _choose_goal(self, batch: dict, candidates, opening_m: float | None = None):
+    def _choose_goal(self, batch: dict, candidates, opening_m: float | None = None, decoding=None):
         """Rank the candidates' goal lines ("Goal: red block 4cm") by the model's likelihood after the prompt, fold
         the ranking into the goal belief (`GoalBelief`) and pick its best; returns the batch extended with that line
         and the trace start marker, its mark id, every score of this frame and the model state after the prompt
-        (a `PromptCache`: the trace is decoded on from it, so the prompt runs once per step)."""
+        (a `PromptCache`: the trace is decoded on from it, so the prompt runs once per step).
+
+        `decoding(mark ids)` gives the trace decode's settings: the goal the belief already leads with is then
+        traced ahead in the scoring call (`trace_lookahead`), which saves the decode a call when it stays the goal."""
         import torch
 
+        from magma_core.model.fast_decode import trace_lookahead
         from magma_core.model.generation import goal_line_scores
         from magma_core.prompts import TRACE_START
 
+        start_id = self.processor.tokenizer.convert_tokens_to_ids(TRACE_START)
+        lookahead = None
+        leading = self.goal_belief.leading([m.point for m in candidates], opening_m) if decoding is not None else None
+        if leading is not None:
+            settings = decoding(frozenset({int(candidates[leading].mark_id), GRIPPER_MARK_ID}))
+            lookahead = (leading, [int(start_id)] + trace_lookahead(self.processor, **settings))
         # Room in the cache for the chosen line's own tokens (64 at most), the trace start and the longest answer.
         room = 64 + self._answer_budget(self.max_marks)
-        scores, lines, cache = goal_line_scores(self.model, self.processor, batch, [m.text for m in candidates], room=room)
+        scores, lines, cache = goal_line_scores(self.model, self.processor, batch, [m.text for m in candidates], room=room,
+                                                lookahead=lookahead)
         best = self.goal_belief.update([m.point for m in candidates], scores, opening_m)
-        start_id = self.processor.tokenizer.convert_tokens_to_ids(TRACE_START)
         extra = torch.tensor([lines[best] + [int(start_id)]], dtype=torch.long)
         ids = torch.as_tensor(batch["input_ids"])
         mask = torch.as_tensor(batch.get("attention_mask", torch.ones_like(ids)))
@@ -258,6 +267,17 @@ class MagmaPolicy:
                     "attention_mask": torch.cat([mask, torch.ones_like(extra).to(mask.device)], dim=1)}
         return (extended, int(candidates[best].mark_id), {int(m.mark_id): float(v) for m, v in zip(candidates, scores)},
                 cache)
+
+    def _gripper_prefix(self, proposal, marks, grammar) -> str:
+        """Gripper-first answers start where proprioception puts the gripper (as in training): the model need not
+        write that. "" otherwise."""
+        from magma_core.model.fast_decode import trace_start_prefix
+
+        gripper, gripper_cell = proposal.gripper, dict(marks).get(GRIPPER_MARK_ID)
+        if (self.trace_order == "gripper_first" and gripper is not None and gripper_cell is not None
+                and GRIPPER_MARK_ID in grammar.mark_ids and np.isfinite(gripper.depth) and gripper.depth > 0):
+            return trace_start_prefix(GRIPPER_MARK_ID, gripper_cell, self.depth_binning.encode(gripper.depth))
+        return ""
 
     def _answer_budget(self, n_marks: int) -> int:
         """Most tokens a trace answer of `n_marks` traces may take."""
