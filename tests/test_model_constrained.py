@@ -229,3 +229,26 @@ def test_markers_spelled_as_text_for_tokenizers_without_them(model, processor):
         text = processor.decode_text(row)
         assert text.startswith("<trace_start>Mark ") and text.endswith("<trace_end>")
         assert parse_traces(text, expect_steps=2).ok
+
+
+def test_options_shared_between_frames_are_each_grammars_own(processor):
+    """Frames differ in their anchors: options cached for one frame (anchor-free, or keyed by the one mark's anchor
+    being written, a finished number forgotten) must be exactly what the next frame's own grammar allows."""
+    vocab = processor.trace_vocabulary
+    frames = [TraceGrammar(expect_25d=True, expect_steps=3, mark_ids=frozenset({1, 4, 12}), final_mark=1,
+                           anchors={4: (30, 200, 57), 1: gripper}) for gripper in ((128, 31, 20), (97, 31, 20), (128, 5, 2))]
+    rng = np.random.default_rng(9)
+    for grammar in frames + frames[::-1]:
+        for _ in range(8):
+            state = grammar.initial_state()
+            for _ in range(60):
+                ids, _, next_states = vocab.options(grammar, state)
+                if state.phase not in (Phase.START, Phase.END, Phase.DONE, Phase.AFTER_MARK):
+                    own = vocab.trie.walk(grammar, state)
+                    assert sorted(ids.tolist()) == sorted(token for token, _ in own)
+                    assert all(next_states[token] == nxt for token, nxt in own)
+                if state.phase == Phase.DONE:
+                    break
+                # Mostly the anchored values (as a model trained on them writes), sometimes anything allowed.
+                state = next_states[int(ids[rng.integers(len(ids))])] if rng.random() < 0.3 else \
+                    next_states[int(ids[0])]

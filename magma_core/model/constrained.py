@@ -130,9 +130,12 @@ class TraceVocabulary:
 
     def cache_grammar(self, grammar: TraceGrammar, state: TraceState) -> TraceGrammar:
         """The grammar that gives `state` the same options as `grammar` and is shared by most frames: without its
-        anchors (they change with every frame's listed positions) where they cannot act from `state`."""
-        if grammar.anchors and self._anchors_stay_local and not grammar.anchors_act_on(state):
-            return grammar.without_anchors()
+        anchors (they change with every frame's listed positions) where they cannot act from `state`, and with
+        only the anchor of the mark being written where they can (no token reaches another mark's first step)."""
+        if grammar.anchors and self._anchors_stay_local:
+            if not grammar.anchors_act_on(state):
+                return grammar.without_anchors()
+            return grammar.only_anchor(state.mark_id)
         return grammar
 
     def options(self, grammar: TraceGrammar, state: TraceState) -> tuple[torch.Tensor, torch.Tensor, dict[int, TraceState]]:

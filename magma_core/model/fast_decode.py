@@ -173,25 +173,34 @@ class _TraceDecoder:
 
         A walk no anchor acted on is the same for every grammar that differs only in its anchors' values (where
         anchors can act depends on which marks have them and how many fields): it is cached under that
-        anchor-free key, so frames share it. Walks through anchored fields are cached per grammar."""
+        anchor-free key, so frames share it. A walk through anchored fields depends on those marks' anchors
+        alone: the anchor-free key then names them, and the text is cached under their values too."""
         grammar = self.grammar
         shared_key = (grammar.without_anchors(), grammar.anchor_shape, state)
-        for key in (shared_key, (grammar, state)):
-            found = self._forced_cache.get(key)
-            if found is not None:
-                self._forced_cache.move_to_end(key)
-                return found
-        text, anchored = self._forced_text(state)
+        found = self._forced_cache.get(shared_key)
+        if isinstance(found, frozenset):  # the walk depends on these marks' anchors: key by their values too
+            anchors = dict(grammar.anchors)
+            shared_key = (*shared_key, tuple((m, anchors.get(m)) for m in sorted(found)))
+            found = self._forced_cache.get(shared_key)
+        if found is not None:
+            self._forced_cache.move_to_end(shared_key)
+            return found
+        text, acted = self._forced_text(state)
         found = self.encode(text) if text else ()
-        _remember(self._forced_cache, (grammar, state) if anchored else shared_key, found)
+        if acted:
+            _remember(self._forced_cache, shared_key[:3], frozenset(acted))
+            anchors = dict(grammar.anchors)
+            shared_key = (*shared_key[:3], tuple((m, anchors.get(m)) for m in sorted(acted)))
+        _remember(self._forced_cache, shared_key, found)
         return found
 
-    def _forced_text(self, state: TraceState) -> tuple[str, bool]:
-        """(the forced text from `state`, whether an anchor acted on any state of the walk)."""
+    def _forced_text(self, state: TraceState) -> tuple[str, set[int]]:
+        """(the forced text from `state`, the marks whose anchors acted on a state of the walk)."""
         chars: list[str] = []
-        anchored = False
+        acted: set[int] = set()
         while state.phase not in (Phase.START, Phase.END, Phase.DONE):
-            anchored = anchored or self.grammar.anchors_act_on(state)
+            if self.grammar.anchors_act_on(state):
+                acted.add(state.mark_id)
             if state.phase == Phase.AFTER_MARK and not self.grammar.markers_as_text:
                 break  # "\n" (another mark) or the end marker token: a real choice
             steps = [(char, nxt) for char in self.alphabet if (nxt := self.grammar.step(state, char)) is not None]
@@ -202,7 +211,7 @@ class _TraceDecoder:
                 break
             char, state = steps[0]
             chars.append(char)
-        return "".join(chars), anchored
+        return "".join(chars), acted
 
     def draft(self, state: TraceState, generated: int) -> _Draft:
         """Tokens from `state` up to the next real choice: forced ones (certain) and the canonical run (to verify)."""

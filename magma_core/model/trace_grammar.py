@@ -329,6 +329,19 @@ class TraceGrammar:
             object.__setattr__(self, "_anchor_shape", shape)
         return shape
 
+    def only_anchor(self, mark_id: int) -> "TraceGrammar":
+        """This grammar with the anchor of `mark_id` alone (memoized per grammar): what decides the options inside
+        that mark's first step, so frames that list that mark at the same place share their work."""
+        memo = self.__dict__.get("_only_anchor")
+        if memo is None:
+            memo = {}
+            object.__setattr__(self, "_only_anchor", memo)
+        found = memo.get(mark_id)
+        if found is None:
+            kept = tuple((k, v) for k, v in self.anchors if k == mark_id)
+            found = memo[mark_id] = replace(self, anchors=kept) if kept != self.anchors else self
+        return found
+
     def without_anchors(self) -> "TraceGrammar":
         """This grammar with no anchors (built once per grammar)."""
         bare = self.__dict__.get("_without_anchors")
