@@ -299,8 +299,8 @@ def test_listed_position_drafts_keep_the_greedy_tokens_and_save_calls(processor)
     assert greedy_trace_ids(model, processor, batch, grammar, 64, stats=wrong_stats, mark_positions=wrong).tolist() == plain.tolist()
 
 
-@pytest.mark.parametrize("seed", [11, 12, 13])
-def test_drafted_gripper_flags_keep_the_greedy_tokens_and_save_calls(processor, seed):
+def _two_mark_greedy(processor, seed: int):
+    """A two-mark 2.5D grammar, a random model and prompt, and its plain greedy decode (ids, stats, parse)."""
     from magma_core.model.fast_decode import greedy_trace_ids
 
     grammar = TraceGrammar(expect_steps=3, expect_25d=True, mark_ids=frozenset({1, 2, 7}), max_marks=2)
@@ -309,6 +309,14 @@ def test_drafted_gripper_flags_keep_the_greedy_tokens_and_save_calls(processor, 
     plain = greedy_trace_ids(model, processor, batch, grammar, 64, stats=plain_stats)
     result = processor.decode_trace(plain[0], expect_25d=True, expect_steps=3)
     assert result.ok
+    return grammar, model, batch, plain, plain_stats, result
+
+
+@pytest.mark.parametrize("seed", [11, 12, 13])
+def test_drafted_gripper_flags_keep_the_greedy_tokens_and_save_calls(processor, seed):
+    from magma_core.model.fast_decode import greedy_trace_ids
+
+    grammar, model, batch, plain, plain_stats, result = _two_mark_greedy(processor, seed)
     first_flag = int(result.traces[0].gripper[0])
     for flag in (0, 1):  # right or wrong, a guess never changes what is written
         stats = {}
@@ -351,12 +359,7 @@ def test_step_hints_keep_the_greedy_tokens_and_save_calls_when_right(processor, 
     the tokens stay the greedy ones; right hints cost fewer calls."""
     from magma_core.model.fast_decode import greedy_trace_ids
 
-    grammar = TraceGrammar(expect_steps=3, expect_25d=True, mark_ids=frozenset({1, 2, 7}), max_marks=2)
-    model, batch = _model(seed), _batch(processor, seed)
-    plain_stats = {}
-    plain = greedy_trace_ids(model, processor, batch, grammar, 64, stats=plain_stats)
-    result = processor.decode_trace(plain[0], expect_25d=True, expect_steps=3)
-    assert result.ok
+    grammar, model, batch, plain, plain_stats, result = _two_mark_greedy(processor, seed)
     exact = {t.mark_id: [(int(x), int(y), int(d), int(g)) for (x, y), d, g in zip(t.cells, t.depth_bins, t.gripper)]
              for t in result.traces}
     moved = {k: [(x, (y + 1) % 100, d, g) for x, y, d, g in steps] for k, steps in exact.items()}

@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 import magma_core.som.plane as plane_mod
+from camera_fixtures import pinhole, sim_camera_pose
 import magma_core.som.propose as prop
 from magma_core.colors import color_distance, color_index, hue_group, nearest_color
 from magma_core.errors import InvalidInputError
@@ -29,15 +30,7 @@ def _same_bits(a, b) -> bool:
 
 
 def _camera(width=64, height=48, f=60.0):
-    eye, target = np.array([1.05, 0.0, 0.75]), np.array([0.48, 0.0, 0.10])
-    z = (target - eye) / np.linalg.norm(target - eye)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
-    T[:3, 3] = eye
-    K = np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
-    return K, T
+    return pinhole(width, height, f), sim_camera_pose()
 
 
 def _scene(width=128, height=128, seed=0):

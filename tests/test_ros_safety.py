@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from camera_fixtures import sim_camera_pose
 from magma_calibration.extrinsics import Extrinsics, write_extrinsics
 from magma_calibration.projection import base_to_pixel
 from magma_calibration.transforms import matrix_to_quat, quat_to_matrix, rotvec_to_matrix
@@ -143,19 +144,7 @@ K = np.array([[120.0, 0.0, 64.0], [0.0, 120.0, 63.0], [0.0, 0.0, 1.0]])
 SIZE = (128, 128)
 
 
-def _camera_pose() -> np.ndarray:
-    """A camera at (1.05, 0, 0.75) looking at (0.48, 0, 0.1), OpenCV axes (as in the tabletop sim)."""
-    eye, target = np.array([1.05, 0.0, 0.75]), np.array([0.48, 0.0, 0.1])
-    z = (target - eye) / np.linalg.norm(target - eye)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
-    T[:3, 3] = eye
-    return T
-
-
-T_BASE_CAM = _camera_pose()
+T_BASE_CAM = sim_camera_pose()
 
 
 def _table_depth() -> np.ndarray:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from camera_fixtures import pinhole, sim_camera_pose
 from magma_core.colors import color_rgb, color_words, nearest_color
 from magma_core.errors import InvalidInputError
 from magma_core.geometry import project, unproject, yaw_down_quat
@@ -15,16 +16,7 @@ TABLE_RGB = (148, 131, 111)
 
 
 def _camera(width=W, height=H, fov_deg=50.0):
-    eye, target = np.array([1.05, 0.0, 0.75]), np.array([0.48, 0.0, 0.10])
-    z = (target - eye) / np.linalg.norm(target - eye)
-    x = np.cross(z, [0.0, 0.0, 1.0])
-    x /= np.linalg.norm(x)
-    T = np.eye(4)
-    T[:3, :3] = np.stack([x, np.cross(z, x), z], axis=1)
-    T[:3, 3] = eye
-    f = (height / 2.0) / np.tan(np.deg2rad(fov_deg) / 2.0)
-    K = np.array([[f, 0.0, width / 2.0], [0.0, f, height / 2.0], [0.0, 0.0, 1.0]])
-    return K, T
+    return pinhole(width, height, (height / 2.0) / np.tan(np.deg2rad(fov_deg) / 2.0)), sim_camera_pose()
 
 
 def _render(boxes, K, T, width=W, height=H):
