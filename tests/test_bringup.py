@@ -72,6 +72,7 @@ def test_graph_wires_the_nodes_together():
     assert real["controller"]["mode"] == "action"
     # In simulation out-of-box targets are clipped into the table's box (as magma eval does); hardware keeps 'reject'.
     assert sim["controller"]["workspace_mode"] == "clip" and "workspace_mode" not in real["controller"]
+    assert sim["sim_bridge"]["start_on_command"] is True  # episode 0 waits for the policy to have loaded
 
 
 @pytest.mark.parametrize("kwargs, problem", [

@@ -362,6 +362,27 @@ def test_sim_bridge_runs_a_seed_list_with_auto_reset(launch_node, probe):
     assert max(r["episode"] for r in records()) == 1
 
 
+def test_sim_bridge_starts_an_episode_at_its_first_command(launch_node, probe):
+    """start_on_command: the world waits (camera still publishing) until the first motion command, so a policy that
+    is still loading does not use up the episode; then the steps count as usual."""
+    episodes = probe.listen(String, "sim/episode", qos.LATCHED)
+    images = probe.listen(Image, "camera/image_raw", qos.SENSOR)
+    ee = probe.listen(PoseStamped, "magma/ee_pose", qos.LATEST)
+    launch_node("sim_bridge", image_size=32, control_hz=20, max_steps=6, seed=2, start_on_command=True)
+    wait_for(lambda: len(images) >= 10, 30.0, what="camera frames while waiting for a command")
+    time.sleep(0.5)  # 10 more ticks
+    record = json.loads(episodes[-1][1].data)
+    assert record["step"] == 0 and not record["done"]
+    stamps = [m.header.stamp.sec * 10**9 + m.header.stamp.nanosec for _, m in images]
+    assert stamps == sorted(stamps) and len(set(stamps)) == len(stamps)  # fresh frames of the same world
+    target = probe.publisher(PoseStamped, "magma/target_pose", qos.LATEST)
+    wait_for(lambda: target.get_subscription_count(), 10.0, what="the bridge to subscribe to targets")
+    hold = _newest_pose(ee)
+    target.publish(cv.numpy_to_pose(hold, stamp=probe.now_ns(), frame_id="base"))
+    wait_for(lambda: json.loads(episodes[-1][1].data)["done"], 10.0, what="the episode to run its 6 steps")
+    assert json.loads(episodes[-1][1].data)["step"] == 6
+
+
 # --------------------------------------------------------------------------- policy
 
 

@@ -201,6 +201,9 @@ def build_graph(use_sim: bool | str = True, policy: str = "embedded", checkpoint
             "extrinsics_path": extrinsics,
             # An explicit instruction wins over each episode's own (the latched topic would replace it).
             "publish_instruction": not instruction,
+            # Episodes start at the first command, as `magma eval` waits for each step: a policy that takes
+            # seconds to load (a slow machine) would otherwise lose most of episode 0.
+            "start_on_command": True,
         }
         if seed_list is not None:
             sim_params["seeds"] = seed_list

@@ -5,7 +5,8 @@ camera (rgb8, 32FC1 depth, CameraInfo), joint_states and magma/ee_pose. Commands
 (+ magma/gripper_command) or magma/ee_delta (consumed once per message). Without a fresh command
 (older than command_timeout_s) the arm holds the pose it had when commands stopped.
 
-An episode ends on success or after max_steps; the arm then holds until sim/reset (or auto_reset).
+An episode ends on success or after max_steps; the arm then holds until sim/reset (or auto_reset). With
+start_on_command an episode's steps begin at its first motion command (the simulated bringup sets it).
 Changing the `task` parameter resets into the new task. The true camera extrinsics are written to
 `extrinsics_path` (magma_calibration's YAML), which the controller and policy read.
 
@@ -47,6 +48,9 @@ PARAMETERS = (
     Param("command_timeout_s", 0.5, "A command older than this is not executed: the arm holds still."),
     Param("max_target_distance", 0.15, "A target pose farther than this from the arm (metres) is not executed: the "
           "controller never sends one, so it was computed from an old pose (e.g. just before a reset)."),
+    Param("start_on_command", False, "Start each episode's clock at its first motion command (target pose or delta): "
+          "until then the world is not stepped and the camera keeps publishing, so a policy still loading or "
+          "planning its first step does not use up the episode (as in `magma eval`, which waits for every step)."),
     Param("extrinsics_path", "", "Where to write the true camera extrinsics YAML at start (empty: do not write)."),
     Param("publish_instruction", True, "Publish each episode's task instruction on magma/instruction (latched)."),
     Param("base_frame", "base", "frame_id of poses (the robot base)."),
@@ -141,6 +145,7 @@ class SimBridgeNode(Node):
         self._reset_at: float | None = None
         self._hold_pose: np.ndarray | None = None
         self.obs: dict | None = None
+        self._awaiting_command = False
         self.done = False
         self.success = False
         self.episode_step = 0
@@ -194,6 +199,7 @@ class SimBridgeNode(Node):
         self._target = self._delta = None
         self._gripper = 0.0
         self._hold_pose = self.obs["ee_pose"].copy()
+        self._awaiting_command = bool(self.cfg["start_on_command"])
         self._publish_expert(self._publish_observation())
         self._publish_success(force=True)
         self._publish_episode()
@@ -243,6 +249,11 @@ class SimBridgeNode(Node):
             self._reset_requested = False
             self._reset(self.schedule.next())
             return
+        if self._awaiting_command:
+            if self._target is None and self._delta is None:
+                self._publish_expert(self._publish_observation())  # the same world, freshly stamped
+                return
+            self._awaiting_command = False
         try:
             self.obs, _, terminated, truncated, info = self.env.step(self._command(now))
             self._info = info
