@@ -25,9 +25,9 @@ the end marker once the step count is reached. `greedy_trace` writes such text i
   `moving_mark`, for the first step of that one), verified like any draft. A goal that does not
   move, or a trace that starts where its mark is, then costs one call per step instead of four.
 - Step hints (`step_hints`: mark id -> the values of each of its steps, e.g. the previous frame's plan): where
-  no listed position applies, each number of a step is drafted from the hint for that step, and after a
-  rejected number the step's remaining numbers still are. Plans change little between consecutive frames,
-  so most of a moving mark's numbers are verified in a call or two instead of one call each.
+  no listed position applies, a step's numbers are drafted from the hint for that step. One hinted number is
+  probed first; once one is right the rest are drafted whole, once one is wrong no more are (a moving plan's
+  long wrong drafts cost more than they save). A still plan then costs a call or two instead of one per number.
 
 Each forward call after the prefill therefore starts from a token the model chose among several
 (a branching token), so calls <= branching tokens + 1; for a 3-step 2.5D trace of one forced
@@ -261,7 +261,22 @@ class _TraceDecoder:
             numbers = numbers[:1]
         return self.encode("".join(f"{v}," for v in numbers)), bool(numbers)
 
+    def rows_to_verify(self, draft: _Draft, generated: int) -> list[int]:
+        """Rows of logits a draft needs: after each drafted token to verify, and after the draft unless it ends the
+        answer (end-of-sequence or the budget); none when all of it is forced."""
+        rows = [i for i, sure in enumerate(draft.certain) if not sure]
+        ends = bool(draft.tokens) and draft.tokens[-1] == self.eos
+        if not ends and generated + len(draft.tokens) < self.max_new_tokens:
+            rows.append(len(draft.tokens))
+        return rows
+
     # ------------------------------------------------------------------ forced prefix
+
+    def start(self, start_marker_done: bool, forced_prefix: str) -> tuple[TraceState, list[int]]:
+        """The state after the start marker (if the prompt ends with it) and `forced_prefix`, and the prefix's ids."""
+        prefix_ids = list(self.encode(forced_prefix)) if forced_prefix else []
+        state = self.grammar.initial_state(start_marker_done=start_marker_done)
+        return self.walk_prefix(state, prefix_ids, forced_prefix), prefix_ids
 
     def walk_prefix(self, state: TraceState, prefix_ids: list[int], prefix: str) -> TraceState:
         for index, token in enumerate(prefix_ids):
@@ -308,9 +323,7 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
     if decoder.max_new_tokens < fewest:
         raise InvalidInputError(f"max_new_tokens={max_new_tokens} is too small for a trace; it needs at least {fewest}")
     start_id = decoder.vocab.trace_start_id
-    state = decoder.grammar.initial_state(start_marker_done=start_id is not None and int(prompt[-1]) == start_id)
-    prefix_ids = list(decoder.encode(forced_prefix)) if forced_prefix else []
-    state = decoder.walk_prefix(state, prefix_ids, forced_prefix)
+    state, prefix_ids = decoder.start(start_id is not None and int(prompt[-1]) == start_id, forced_prefix)
 
     answer = list(prefix_ids)
     counts = {"forward_calls": 0, "drafted": 0, "accepted": 0}
@@ -324,11 +337,7 @@ def greedy_trace_ids(model, processor, batch: dict, grammar: TraceGrammar, max_n
         while len(answer) < decoder.max_new_tokens and state.phase != Phase.DONE:
             draft = decoder.draft(state, len(answer))
             counts["drafted"] += draft.certain.count(False)
-            # Rows of logits needed: after each drafted token to verify, and after the draft unless it ends the answer.
-            rows = [i for i, sure in enumerate(draft.certain) if not sure]
-            ends = bool(draft.tokens) and draft.tokens[-1] == decoder.eos
-            if not ends and len(answer) + len(draft.tokens) < decoder.max_new_tokens:
-                rows.append(len(draft.tokens))
+            rows = decoder.rows_to_verify(draft, len(answer))
             if not rows:  # the rest is forced: nothing left for the model to decide
                 answer.extend(draft.tokens)
                 break
@@ -635,16 +644,11 @@ def trace_lookahead(processor, grammar: TraceGrammar, max_new_tokens: int = 256,
     """The answer tokens `greedy_trace_ids` (same arguments, a prompt ending with the trace start marker) feeds in
     its first forward call: the forced prefix and the first draft. For `score_continuations_cached(lookahead=...)`."""
     decoder = _TraceDecoder(processor, grammar, max_new_tokens, mark_positions, moving_mark, gripper_flag, step_hints)
-    state = decoder.grammar.initial_state(start_marker_done=decoder.vocab.trace_start_id is not None)
-    prefix_ids = list(decoder.encode(forced_prefix)) if forced_prefix else []
-    state = decoder.walk_prefix(state, prefix_ids, forced_prefix)
+    state, prefix_ids = decoder.start(decoder.vocab.trace_start_id is not None, forced_prefix)
     if len(prefix_ids) >= decoder.max_new_tokens or state.phase == Phase.DONE:
         return prefix_ids
     draft = decoder.draft(state, len(prefix_ids))
-    rows = [i for i, sure in enumerate(draft.certain) if not sure]
-    ends = bool(draft.tokens) and draft.tokens[-1] == decoder.eos
-    if not ends and len(prefix_ids) + len(draft.tokens) < decoder.max_new_tokens:
-        rows.append(len(draft.tokens))
+    rows = decoder.rows_to_verify(draft, len(prefix_ids))
     return prefix_ids + (draft.tokens[: rows[-1]] if rows else [])
 
 

@@ -125,6 +125,9 @@ class _Layer:
     def __init__(self, layer: LlamaDecoderLayer, layout: str):
         attn, mlp = layer.self_attn, layer.mlp
         self.qkv = _packed(layout, attn.q_proj, attn.k_proj, attn.v_proj)
+        # Views of the queries' and the keys/values' part, for blocks whose later rows only need keys and values.
+        queries = attn.q_proj.out_features
+        self.q_part, self.kv_part = (_output_slice(self.qkv, layout, part) for part in (slice(0, queries), slice(queries, None)))
         self.o = _packed(layout, attn.o_proj)
         self.gate_up = _packed(layout, mlp.gate_proj, mlp.up_proj)
         self.down = _packed(layout, mlp.down_proj)
@@ -149,6 +152,12 @@ def _packed(layout: str, *linears) -> tuple[torch.Tensor, torch.Tensor | None]:
         bias = torch.cat([b.detach() if b is not None else weight.new_zeros(linear.out_features)
                           for b, linear in zip(biases, linears)])
     return (weight.t().contiguous() if layout == "in_out" else weight.contiguous()), bias
+
+
+def _output_slice(packed: tuple[torch.Tensor, torch.Tensor | None], layout: str, part: slice):
+    """(weight, bias) views of some output features of a packed product."""
+    weight, bias = packed
+    return (weight[:, part] if layout == "in_out" else weight[part]), (None if bias is None else bias[part])
 
 
 class PackedWeights:
@@ -394,14 +403,12 @@ class LeanLlamaDecoder:
         if rows < n:
             # Keys and values for every new row; queries (and all that follows) for the kept rows only.
             normed = _rms_norm(hidden, *layer.norm_in)
-            kv = _project(normed, layer.qkv[0][:, heads * head_dim:] if layout == "in_out" else layer.qkv[0][heads * head_dim:],
-                          None if layer.qkv[1] is None else layer.qkv[1][heads * head_dim:], layout)
+            kv = _project(normed, *layer.kv_part, layout)
             k = kv[:, : kv_heads * head_dim].reshape(n, kv_heads, head_dim).transpose(0, 1)
             key_cache[:, past:total] = _rotate(k, cos, sin)
             value_cache[:, past:total] = kv[:, kv_heads * head_dim:].reshape(n, kv_heads, head_dim).transpose(0, 1)
             hidden, normed, cos, sin = hidden[n - rows :], normed[n - rows :], cos[n - rows :], sin[n - rows :]
-            q = _project(normed, layer.qkv[0][:, : heads * head_dim] if layout == "in_out" else layer.qkv[0][: heads * head_dim],
-                         None if layer.qkv[1] is None else layer.qkv[1][: heads * head_dim], layout)
+            q = _project(normed, *layer.q_part, layout)
             q = _rotate(q.reshape(rows, heads, head_dim).transpose(0, 1), cos, sin)
         else:
             qkv = _project(_rms_norm(hidden, *layer.norm_in), *layer.qkv, layout)

@@ -186,6 +186,13 @@ class MagmaPolicy:
         # Goal-first answers are one goal's trace and then the gripper's, as in training.
         trace_ids = self._trace_mark_ids(marks)
         goal_scores, prompt_cache = None, None
+        # Greedy with jump-forward over the grammar's forced text: the same tokens as `generate`, fewer model calls.
+        # Listed positions are drafted where a trace step begins (verified): same tokens, fewer model calls.
+        # The steps' gripper flags are drafted from the hand's state now (closed or holding: 1), verified like the rest.
+        hand = self.goal_belief.hand_state_of(opening)
+        flag = None if hand == "unknown" else int(hand != "open")
+        # The last plan's steps are drafted too: consecutive plans mostly agree (verified, so the tokens are the same).
+        hints = {GRIPPER_MARK_ID: self._last_gripper_steps} if self._last_gripper_steps else None
 
         def decoding(ids: frozenset) -> dict:
             """How the answer tracing marks `ids` is decoded: grammar, budget, known prefix, drafts."""
@@ -197,13 +204,6 @@ class MagmaPolicy:
                     "forced_prefix": self._gripper_prefix(proposal, marks, grammar), "mark_positions": positions,
                     "moving_mark": GRIPPER_MARK_ID, "gripper_flag": flag, "step_hints": hints}
 
-        # Greedy with jump-forward over the grammar's forced text: the same tokens as `generate`, fewer model calls.
-        # Listed positions are drafted where a trace step begins (verified): same tokens, fewer model calls.
-        # The steps' gripper flags are drafted from the hand's state now (closed or holding: 1), verified like the rest.
-        hand = self.goal_belief.hand_state_of(opening)
-        flag = None if hand == "unknown" else int(hand != "open")
-        # The last plan's steps are drafted too: consecutive plans mostly agree (verified, so the tokens are the same).
-        hints = {GRIPPER_MARK_ID: self._last_gripper_steps} if self._last_gripper_steps else None
         if self.goal_header and goal_first and described is not None and GRIPPER_MARK_ID in trace_ids:
             candidates = [m for m in described if m.mark_id != GRIPPER_MARK_ID and m.mark_id in trace_ids]
             if candidates:

@@ -11,8 +11,9 @@ moves on. A plan arrives a few hundred milliseconds after its frame, and a grasp
 afar (the hand still centimetres above the block) is less exact than one seen from close by, so
 the switch also needs a plan whose frame showed the hand (row 0) within ``gripper_confirm_distance``
 of the switch: otherwise the arm waits there for the next plan (``confirming``). During the dwell
-the gripper is locked: a new plan neither cuts the dwell short nor reverses the change. A plan computed from a frame taken before the fingers settled (it arrives
-late when the machine is loaded) still sees the old gripper state and would undo the change, so
+the gripper is locked: a new plan neither cuts the dwell short nor reverses the change. A plan
+computed from a frame taken before the fingers settled (it arrives late when the machine is
+loaded) still sees the old gripper state and would undo the change, so
 `set_plan` turns down plans whose frame predates the end of the last switch (``source_stamp_ns``).
 """
 from __future__ import annotations
