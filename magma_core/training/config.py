@@ -104,6 +104,15 @@ class TrainConfig:
     # A local checkpoint folder to start from (this project's, or a copy of microsoft/Magma-8B); then `model`
     # and model_overrides build nothing: the checkpoint's own config decides the shapes.
     init_from: str | None = None
+    # With init_from: keep only these text decoder layers (indices into its layers, in order), e.g. [0, 3] makes a
+    # shallower student that decodes about twice as fast; training then teaches the kept layers to do the work.
+    init_text_layers: tuple[int, ...] | None = None
+    # Knowledge distillation: a teacher checkpoint folder (same tokenizer and image size). The loss becomes
+    # (1 - distill_weight) * data loss + distill_weight * KL(teacher || student) on the answer tokens
+    # (training/distill.py), the teacher's logits taken at distill_temperature.
+    distill_from: str | None = None
+    distill_weight: float = 0.5
+    distill_temperature: float = 1.0
     distributed: DistributedSpec = field(default_factory=DistributedSpec)  # used only under torchrun
     lora: LoraSpec | None = None  # None: train every weight
     # A new model starts its number tokens (0..255) as Fourier features of their value (model/number_init.py).
@@ -194,12 +203,21 @@ class TrainConfig:
                 raise InvalidInputError(f"init_from must be a checkpoint folder path, got {self.init_from!r}")
             if self.model_overrides:
                 raise InvalidInputError("model_overrides cannot change a model loaded from init_from; remove one of them")
+        elif self.init_text_layers is not None:
+            raise InvalidInputError("init_text_layers picks layers of the init_from model: set init_from too")
         elif self.model == "magma_8b":
             raise InvalidInputError("model magma_8b starts from a local checkpoint: set init_from to a copy of Magma-8B")
         object.__setattr__(self, "distributed", _distributed_spec(self.distributed))
         object.__setattr__(self, "lora", _lora_spec(self.lora))
         if self.lora is not None and self.init_from is None:
             raise InvalidInputError("lora adapts a trained model: set init_from to the base checkpoint folder")
+        object.__setattr__(self, "init_text_layers", _layer_indices(self.init_text_layers))
+        if self.distill_from is not None and (not isinstance(self.distill_from, str) or not self.distill_from):
+            raise InvalidInputError(f"distill_from must be a teacher checkpoint folder path, got {self.distill_from!r}")
+        _check_number("distill_weight", self.distill_weight, 0.0, 1.0)
+        _check_number("distill_temperature", self.distill_temperature, 0.0, strict=True)
+        if self.init_text_layers is not None and self.lora is not None:
+            raise InvalidInputError("init_text_layers drops layers of the base model, which LoRA keeps frozen: use one of them")
         if not isinstance(self.gradient_checkpointing, bool):
             raise InvalidInputError(f"gradient_checkpointing must be true or false, got {self.gradient_checkpointing!r}")
 
@@ -252,8 +270,9 @@ def load_config(path: str | Path, **overrides) -> TrainConfig:
     datasets = data.get("datasets")
     if isinstance(datasets, list):
         data["datasets"] = [_relative_to(entry, path.parent) for entry in datasets]
-    if isinstance(data.get("init_from"), str) and data["init_from"] and not Path(data["init_from"]).is_absolute():
-        data["init_from"] = str(path.parent / data["init_from"])  # an input, like the datasets
+    for key in ("init_from", "distill_from"):  # inputs, like the datasets
+        if isinstance(data.get(key), str) and data[key] and not Path(data[key]).is_absolute():
+            data[key] = str(path.parent / data[key])
     data.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig.from_dict(data)
 
@@ -264,6 +283,20 @@ def _relative_to(entry: Any, base: Path) -> Any:
     if isinstance(entry, dict) and isinstance(entry.get("path"), str) and not Path(entry["path"]).is_absolute():
         entry = dict(entry, path=str(base / entry["path"]))
     return entry
+
+
+def _layer_indices(value) -> tuple[int, ...] | None:
+    """init_text_layers as a tuple of distinct, increasing layer indices (None: keep them all)."""
+    if value is None:
+        return None
+    if isinstance(value, (str, bytes)) or not hasattr(value, "__iter__"):
+        raise InvalidInputError(f"init_text_layers must be a list of layer indices, got {value!r}")
+    indices = tuple(value)
+    if not indices or any(isinstance(i, bool) or not isinstance(i, int) or i < 0 for i in indices):
+        raise InvalidInputError(f"init_text_layers must be a non-empty list of layer indices >= 0, got {list(indices)}")
+    if list(indices) != sorted(set(indices)):
+        raise InvalidInputError(f"init_text_layers must be distinct and increasing (the layers keep their order), got {list(indices)}")
+    return indices
 
 
 def _dataset_spec(value: Any, index: int) -> DatasetSpec:

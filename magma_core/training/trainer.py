@@ -111,6 +111,7 @@ class Trainer:
         elif (self.checkpoint_dir / STATE_FILE).exists():
             raise InvalidInputError(f"{self.checkpoint_dir} already holds a run; pass --resume to continue it or choose another --out")
         self._build_model(resume)
+        self.teacher = self._load_teacher() if config.distill_from is not None else None
         self.mixture = TrainingMixture.from_config(config, self.processor.vocab_size)
         self.optimizer = _adamw(self.model, config)
         if resume:
@@ -135,6 +136,12 @@ class Trainer:
         else:
             self.processor = MagmaProcessor.from_pretrained(self.checkpoint_dir if resume else weights)
             model, pending = self._load_model(weights, dtype)
+            if cfg.init_text_layers is not None and not resume:
+                from magma_core.model.text_layers import keep_text_layers
+
+                if pending is not None:
+                    raise InvalidInputError("init_text_layers is not supported under FSDP: make the student in one process first")
+                model = keep_text_layers(model, cfg.init_text_layers)
             self.processor.check_model_config(model.config)
         if cfg.lora is not None:
             from magma_core.training import lora
@@ -150,6 +157,24 @@ class Trainer:
         self.model = distributed.wrap_model(model, cfg.distributed.strategy, self.context)
         if pending is not None:
             distributed.load_sharded_from_rank0(self.model, pending, self.context)
+
+    def _load_teacher(self):
+        """The frozen teacher of distill_from, checked to read the same prompts as the student."""
+        from magma_core.model import MagmaForConditionalGeneration, MagmaProcessor
+
+        folder = Path(self.config.distill_from)
+        teacher = MagmaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, device=self.device).eval()
+        MagmaProcessor.from_pretrained(folder).check_model_config(base_model(self.core).config)
+        student = base_model(self.core).config
+        for name in ("image_size", "image_token_id", "use_row_separator"):
+            if getattr(teacher.config, name) != getattr(student, name):
+                raise InvalidInputError(f"teacher {folder} has {name}={getattr(teacher.config, name)!r}, the student "
+                                        f"{getattr(student, name)!r}: distillation needs the same prompts and images")
+        if teacher.config.text_config.vocab_size != student.text_config.vocab_size:
+            raise InvalidInputError(f"teacher {folder} has a vocabulary of {teacher.config.text_config.vocab_size}, the "
+                                    f"student {student.text_config.vocab_size}: distillation needs the same tokenizer")
+        teacher.requires_grad_(False)
+        return teacher
 
     def _new_model(self):
         from magma_core.model import MagmaConfig, MagmaForConditionalGeneration, MagmaProcessor
@@ -207,15 +232,30 @@ class Trainer:
         """The loss to back-propagate for one micro-batch (already divided by grad_accum)."""
         if not self.context.is_distributed:
             with _autocast(self.device):
-                return self.model(**batch).loss / self.config.grad_accum
+                return self._loss(batch) / self.config.grad_accum
         # Each rank's loss is a mean over its own answer tokens; weighting it by the rank's share of
         # the global tokens (times world_size, as the gradient all-reduce averages) makes the summed
         # gradient that of the mean over the whole micro-batch, as in a single process.
         local = distributed.answer_token_count(batch["labels"], base_model(self.core).config.ignore_index)
         total = self.context.all_reduce_sum(local)
         with _autocast(self.device):
-            loss = self.model(**batch).loss
+            loss = self._loss(batch)
         return loss * (local * self.context.world_size / total) / self.config.grad_accum
+
+    def _loss(self, batch: dict) -> torch.Tensor:
+        """The data loss, mixed with the distillation loss when a teacher is set."""
+        outputs = self.model(**batch)
+        if self.teacher is None:
+            return outputs.loss
+        from magma_core.training.distill import distillation_loss
+
+        cfg = self.config
+        inputs = {key: value for key, value in batch.items() if key != "labels"}
+        with torch.no_grad():
+            teacher_logits = self.teacher(**inputs, use_cache=False).logits
+        distilled = distillation_loss(outputs.logits, teacher_logits, batch["labels"],
+                                      base_model(self.core).config.ignore_index, cfg.distill_temperature)
+        return (1.0 - cfg.distill_weight) * outputs.loss + cfg.distill_weight * distilled
 
     def _gradient_sync(self, last_micro: bool):
         if not self.context.is_distributed:
