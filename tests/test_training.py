@@ -430,6 +430,19 @@ def test_distillation_pulls_a_student_towards_its_teacher(trained, dataset_dir, 
     assert not any(p.requires_grad for p in student.teacher.parameters())
 
 
+def test_a_teacher_that_reads_other_inputs_is_refused(trained, dataset_dir, tmp_path):
+    from magma_core.training.trainer import Trainer
+
+    _, result = trained
+    teacher = tmp_path / "teacher"
+    shutil.copytree(result.checkpoint, teacher)
+    config = json.loads((teacher / "config.json").read_text())
+    (teacher / "config.json").write_text(json.dumps(dict(config, image_size=96)))
+    with pytest.raises(InvalidInputError, match="teacher .* cannot read the student's inputs: .*crop size"):
+        Trainer(_config(dataset_dir, tmp_path / "kd", model_overrides={}, init_from=result.checkpoint,
+                        distill_from=str(teacher)), progress=False)
+
+
 @pytest.mark.parametrize("changes, message", [
     ({"init_text_layers": [0]}, "set init_from too"),
     ({"init_from": "/base", "init_text_layers": [1, 0]}, "distinct and increasing"),

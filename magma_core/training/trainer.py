@@ -159,20 +159,20 @@ class Trainer:
             distributed.load_sharded_from_rank0(self.model, pending, self.context)
 
     def _load_teacher(self):
-        """The frozen teacher of distill_from, checked to read the same prompts as the student."""
+        """The frozen teacher of distill_from, checked to read exactly the prompts and images the student reads."""
         from magma_core.model import MagmaForConditionalGeneration, MagmaProcessor
 
         folder = Path(self.config.distill_from)
         teacher = MagmaForConditionalGeneration.from_pretrained(folder, dtype=torch.float32, device=self.device).eval()
-        MagmaProcessor.from_pretrained(folder).check_model_config(base_model(self.core).config)
-        student = base_model(self.core).config
-        for name in ("image_size", "image_token_id", "use_row_separator"):
-            if getattr(teacher.config, name) != getattr(student, name):
-                raise InvalidInputError(f"teacher {folder} has {name}={getattr(teacher.config, name)!r}, the student "
-                                        f"{getattr(student, name)!r}: distillation needs the same prompts and images")
-        if teacher.config.text_config.vocab_size != student.text_config.vocab_size:
-            raise InvalidInputError(f"teacher {folder} has a vocabulary of {teacher.config.text_config.vocab_size}, the "
-                                    f"student {student.text_config.vocab_size}: distillation needs the same tokenizer")
+        try:
+            self.processor.check_model_config(teacher.config)
+        except InvalidInputError as exc:
+            raise InvalidInputError(f"teacher {folder} cannot read the student's inputs: {exc}") from exc
+        theirs = MagmaProcessor.from_pretrained(folder)
+        if theirs.tokenizer.get_vocab() != self.processor.tokenizer.get_vocab():
+            raise InvalidInputError(f"teacher {folder} has another tokenizer: distillation compares the two models token by token")
+        if theirs.format_prompt("probe") != self.processor.format_prompt("probe"):
+            raise InvalidInputError(f"teacher {folder} wraps prompts differently (system prompt or style)")
         teacher.requires_grad_(False)
         return teacher
 
