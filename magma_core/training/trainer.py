@@ -38,6 +38,7 @@ import torch
 from magma_core.errors import InvalidInputError
 from magma_core.training import distributed
 from magma_core.training.config import TrainConfig
+from magma_core.training.distill import distillation_loss
 from magma_core.training.distributed import DistributedContext
 from magma_core.training.lora import base_model
 from magma_core.training.mixture import TrainingMixture
@@ -111,7 +112,8 @@ class Trainer:
         elif (self.checkpoint_dir / STATE_FILE).exists():
             raise InvalidInputError(f"{self.checkpoint_dir} already holds a run; pass --resume to continue it or choose another --out")
         self._build_model(resume)
-        self.teacher = self._load_teacher() if config.distill_from is not None else None
+        # A teacher with weight 0 would only cost a forward pass per step: it is not loaded.
+        self.teacher = self._load_teacher() if config.distill_from is not None and config.distill_weight > 0 else None
         self.mixture = TrainingMixture.from_config(config, self.processor.vocab_size)
         self.optimizer = _adamw(self.model, config)
         if resume:
@@ -247,8 +249,6 @@ class Trainer:
         outputs = self.model(**batch)
         if self.teacher is None:
             return outputs.loss
-        from magma_core.training.distill import distillation_loss
-
         cfg = self.config
         inputs = {key: value for key, value in batch.items() if key != "labels"}
         with torch.no_grad():
