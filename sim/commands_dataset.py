@@ -28,7 +28,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                         help="recovery data: POLICY (a checkpoint folder or 'heuristic') drives each episode first and "
                         "the expert takes over from wherever it left the arm; only the expert's part is recorded")
     parser.add_argument("--takeover-steps", default="5:60", metavar="LOW:HIGH",
-                        help="with --takeover: the expert takes over at a step drawn per seed from LOW..HIGH (default 5:60)")
+                        help="with --takeover: the expert takes over at a step drawn per seed from LOW..HIGH "
+                             "(default 5:60). Keep HIGH within the policy's usual episode length: an episode the "
+                             "policy ends before the expert's turn records nothing (the embedded model finishes "
+                             "pick_place in about 30 steps)")
     parser.add_argument("--json", action="store_true", help="print a JSON summary")
     parser.set_defaults(func=run)
 

@@ -209,6 +209,39 @@ def test_odd_image_sides_without_depth_round_trip(tmp_path):
     assert "observation.gt_trace" not in info["features"]
 
 
+def test_one_and_two_frame_episodes_between_long_ones_round_trip(tmp_path):
+    # Recovery data (expert takeover) can end one frame after the takeover. With H.264 B-frames a
+    # long episode appended after a one-frame one stepped the file's decode timestamps backwards and
+    # the whole generation died with "Invalid argument".
+    lengths = (20, 1, 20, 2, 12)
+    originals = [make_episode(n, seed=10 + i, depth=False) for i, n in enumerate(lengths)]
+    root = tmp_path / "short"
+    with LeRobotV3Writer(root, fps=FPS) as writer:
+        for episode in originals:
+            writer.add_episode(episode)
+    ds = LeRobotV3Dataset(root)
+    assert ds.num_frames == sum(lengths)
+    for i, original in enumerate(originals):
+        back = ds.episode(i)
+        assert back.rgb.shape == original.rgb.shape
+        assert np.abs(back.rgb.astype(int) - original.rgb).mean() < 3.0, i
+
+
+def test_appending_a_file_whose_timestamps_step_back_names_it(tmp_path):
+    from magma_core.data.video import VideoConcatenator, _encode
+
+    frames = smooth_frames(8, seed=3)
+    single = tmp_path / "single.mp4"
+    _encode(frames[:1], single, FPS, "libx264", "yuv420p", "rgb24", {"crf": "18"})
+    reordered = tmp_path / "reordered.mp4"  # x264's default B-frames: decoding starts before frame 0
+    _encode(frames, reordered, FPS, "libx264", "yuv420p", "rgb24", {"crf": "18"})
+    concat = VideoConcatenator(tmp_path / "out.mp4", FPS)
+    concat.append(single, 1)
+    with pytest.raises(InvalidInputError, match="reordered.mp4.*decode timestamps start before"):
+        concat.append(reordered, 8)
+    concat.close()
+
+
 def test_existing_non_empty_folder_is_refused_unless_overwrite(tmp_path, episodes):
     root = tmp_path / "busy"
     root.mkdir()

@@ -26,8 +26,11 @@ DEPTH_UNKNOWN_MM = 0
 _UINT16_MAX = 65535
 
 # Quality per codec: visually lossless at the small sizes robot datasets use, far from raw size.
+# H.264 without B-frames: with them an episode's first decode timestamps fall before its first
+# frame by a delay that depends on its length (none for a one-frame episode), so appending a long
+# episode after a very short one would step the shared file's timestamps backwards.
 _CODEC_OPTIONS = {
-    "libx264": {"crf": "18", "preset": "veryfast"},
+    "libx264": {"crf": "18", "preset": "veryfast", "bf": "0"},
     "libsvtav1": {"crf": "24", "preset": "10"},
 }
 
@@ -126,6 +129,7 @@ class VideoConcatenator:
         self.num_frames = 0
         self._container = None
         self._stream = None
+        self._last_dts: int | None = None
 
     @property
     def duration_s(self) -> float:
@@ -148,6 +152,12 @@ class VideoConcatenator:
                 scale = in_stream.time_base / self._stream.time_base
                 packet.pts = int(round(packet.pts * scale + offset / self._stream.time_base))
                 packet.dts = int(round(packet.dts * scale + offset / self._stream.time_base))
+                if self._last_dts is not None and packet.dts <= self._last_dts:
+                    # The muxer would fail with a bare EINVAL; say which file and why.
+                    raise InvalidInputError(
+                        f"cannot append {episode_file} to {self.path}: its decode timestamps start before the end "
+                        "of the previous episode (encoded with a reordering delay the earlier file did not have)")
+                self._last_dts = packet.dts
                 packet.stream = self._stream
                 self._container.mux(packet)
         self.num_frames += int(num_frames)
@@ -157,6 +167,7 @@ class VideoConcatenator:
         if self._container is not None:
             self._container.close()
             self._container = None
+            self._last_dts = None
 
 
 def decode_frames(path: Path, from_s: float, num_frames: int, fps: float, kind: str = "rgb",
