@@ -103,6 +103,15 @@ def test_shipped_config_is_valid():
     assert distilled.init_from.endswith("runs/magma-tiny-two-layers/checkpoint") and distilled.init_text_layers is None
     assert distilled.distill_from == student.init_from and distilled.distill_weight == 0.5
     assert distilled.datasets == student.datasets and distilled.objective_weights == student.objective_weights
+    # The recovery rounds (session 10): each starts from the round before, keeps the teacher, adds its new data.
+    previous = "runs/magma-tiny-two-layers-distill2/checkpoint"
+    for index, name in enumerate(("dagger", "dagger2", "dagger3")):
+        round_ = load_config(f"configs/train_tiny_two_layers_{name}.yaml")
+        assert round_.init_from.endswith(previous) and round_.distill_from == student.init_from
+        assert [s.path.rsplit("/", 1)[-1] for s in round_.datasets][-(index + 1):] == [
+            f"pick_place_dagger{5 + i}" for i in range(index + 1)]
+        assert round_.objective_weights == student.objective_weights
+        previous = f"runs/{round_.out.rsplit('/', 1)[-1]}/checkpoint"
 
 
 # ------------------------------------------------------------------ samples
