@@ -412,7 +412,8 @@ def test_distillation_pulls_a_student_towards_its_teacher(trained, dataset_dir, 
     from magma_core.training.trainer import Trainer
 
     _, result = trained
-    base = dict(model_overrides={}, init_from=result.checkpoint, init_text_layers=[0], steps=12, lr=1e-3)
+    # Batches of 4 and 8 held batches: with 2 and 3 the KL's fall drowned in batch noise when the test data changed.
+    base = dict(model_overrides={}, init_from=result.checkpoint, init_text_layers=[0], steps=12, lr=1e-3, batch_size=4)
     plain = Trainer(_config(dataset_dir, tmp_path / "plain", **base), progress=False).train(until=3)
     weightless = Trainer(_config(dataset_dir, tmp_path / "w0", **base, distill_from=result.checkpoint, distill_weight=0.0),
                          progress=False)
@@ -420,7 +421,7 @@ def test_distillation_pulls_a_student_towards_its_teacher(trained, dataset_dir, 
 
     student = Trainer(_config(dataset_dir, tmp_path / "kd", **base, distill_from=result.checkpoint, distill_weight=1.0,
                               distill_temperature=2.0), progress=False)
-    held = [student.batch(100 + i, 0) for i in range(3)]
+    held = [student.batch(100 + i, 0) for i in range(8)]
 
     def kl_to_teacher() -> float:
         student.model.eval()
@@ -435,7 +436,7 @@ def test_distillation_pulls_a_student_towards_its_teacher(trained, dataset_dir, 
 
     before = kl_to_teacher()
     student.train()
-    assert kl_to_teacher() < 0.7 * before  # measured: 0.29 -> 0.12
+    assert kl_to_teacher() < 0.5 * before  # measured: 0.19 -> 0.02
     assert not any(p.requires_grad for p in student.teacher.parameters())
 
 
