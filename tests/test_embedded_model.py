@@ -3,6 +3,7 @@ loadable by name from evaluation and from the ROS policy node, and planning a gr
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -35,7 +36,8 @@ def test_checkpoint_is_small_safetensors_only_and_has_a_model_card():
     assert not [name for name in files if name.endswith((".bin", ".pt", ".pth", ".pkl", ".ckpt"))]
     assert "optimizer.safetensors" not in files and "trainer_state.json" not in files  # weights only, no run state
     card = (folder / "README.md").read_text()
-    for needed in ("magma train --config configs/train_tiny.yaml", "held-out", "95%", "seeds"):
+    for needed in ("configs/train_tiny.yaml", "held-out", "95%", "seeds",
+                   "magma train --config configs/train_tiny_two_layers_gpu2.yaml --device cuda --stop-at 2000"):
         assert needed in card
     settings = json.loads((folder / "magma_policy.json").read_text())
     assert settings["mode"] == "trace" and settings["marks"] == "proposed"
@@ -72,3 +74,24 @@ def test_ros_policy_loader_knows_the_embedded_model():
 
     assert type(load_policy("embedded")).__name__ == "MagmaPolicy"
     assert EMBEDDED_DIR.is_dir()
+
+
+@shipped_only
+def test_embedded_model_is_the_two_layer_student_of_the_kept_four_layer_teacher():
+    from safetensors import safe_open
+
+    from magma_core.training.config import load_config
+
+    teacher = EMBEDDED_DIR.parents[2] / "checkpoints" / "magma-tiny-4layer"
+    layers = {}
+    for name, folder in (("student", EMBEDDED_DIR), ("teacher", teacher)):
+        assert json.loads((folder / "policy.json").read_text()) == json.loads((EMBEDDED_DIR / "policy.json").read_text())
+        layers[name] = json.loads((folder / "config.json").read_text())["text_config"]["num_hidden_layers"]
+        with safe_open(str(folder / "model.safetensors"), "pt") as f:
+            assert {f.get_tensor(k).dtype for k in f.keys()} == {torch.float16}
+    assert layers == {"student": 2, "teacher": 4}
+    assert (teacher / "tokenizer.json").read_bytes() == (EMBEDDED_DIR / "tokenizer.json").read_bytes()
+    # The configs that made the student read its teacher from there.
+    distill_from = Path(load_config("configs/train_tiny_two_layers_gpu2.yaml").distill_from)
+    assert distill_from.resolve() == teacher.resolve()
+    assert "teacher" in (teacher / "README.md").read_text()

@@ -82,6 +82,7 @@ def test_config_reads_yaml_resolves_paths_and_applies_overrides(tmp_path):
     ({"datasets": []}, "non-empty list"),
     ({"lr": float("nan")}, "lr must be a finite number"),
     ({"mode": "joints"}, "mode must be"),
+    ({"batch_workers": -1}, "batch_workers must be an integer >= 0"),
 ])
 def test_config_rejects_bad_values(changes, message):
     with pytest.raises(InvalidInputError, match=message):
@@ -98,7 +99,7 @@ def test_shipped_config_is_valid():
     assert goal.goal_header and not config.goal_header and goal.init_from.endswith("runs/magma-tiny/checkpoint")
     assert goal.objective_weights["trace"] > config.objective_weights["trace"] and goal.marks == "proposed"
     student = load_config("configs/train_tiny_two_layers.yaml")
-    assert student.init_text_layers == (0, 1) and student.init_from.endswith("magma_core/embedded/magma-tiny")
+    assert student.init_text_layers == (0, 1) and student.init_from.endswith("checkpoints/magma-tiny-4layer")
     distilled = load_config("configs/train_tiny_two_layers_distill.yaml")
     assert distilled.init_from.endswith("runs/magma-tiny-two-layers/checkpoint") and distilled.init_text_layers is None
     assert distilled.distill_from == student.init_from and distilled.distill_weight == 0.5
@@ -112,6 +113,13 @@ def test_shipped_config_is_valid():
             f"pick_place_dagger{5 + i}" for i in range(index + 1)]
         assert round_.objective_weights == student.objective_weights
         previous = f"runs/{round_.out.rsplit('/', 1)[-1]}/checkpoint"
+    # The GPU stages (session 11) that made the embedded model: all six datasets, the same teacher and objectives.
+    for name in ("gpu", "gpu2"):
+        stage = load_config(f"configs/train_tiny_two_layers_{name}.yaml")
+        assert stage.init_from.endswith(previous) and stage.distill_from == student.init_from
+        assert stage.datasets == round_.datasets and stage.objective_weights == student.objective_weights
+        assert stage.batch_size == 32 and stage.batch_workers == 4 and stage.goal_header and stage.marks == "proposed"
+        previous = f"runs/{stage.out.rsplit('/', 1)[-1]}/checkpoint"
 
 
 # ------------------------------------------------------------------ samples
@@ -275,6 +283,24 @@ def test_prefetching_batches_in_a_thread_trains_exactly_the_same_run(dataset_dir
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
 
 
+def test_forked_batch_workers_train_exactly_the_same_run(dataset_dir, tmp_path):
+    import cv2
+
+    from magma_core.training.trainer import Trainer
+
+    # The parent has used OpenCV's and torch's thread pools before the workers fork: they must not hang on them.
+    cv2.resize(np.zeros((256, 256, 3), np.uint8), (1024, 1024))
+    torch.ones(256, 256) @ torch.ones(256, 256)
+    plain = Trainer(_config(dataset_dir, tmp_path / "plain", grad_accum=2, steps=3), progress=False, prefetch=False)
+    forked = Trainer(_config(dataset_dir, tmp_path / "forked", grad_accum=2, steps=3, batch_workers=2), progress=False)
+    plain_losses, forked_losses = plain.train().losses, forked.train().losses
+    assert len(forked_losses) == 3
+    assert forked_losses == pytest.approx(plain_losses, rel=1e-6)
+    a, b = plain.model.state_dict(), forked.model.state_dict()
+    for name in a:
+        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
+
+
 def test_resume_refuses_a_pickled_optimizer_state(dataset_dir, tmp_path):
     from magma_core.model import CheckpointError
     from magma_core.training.trainer import Trainer
@@ -358,6 +384,7 @@ def test_policy_refuses_missing_files_and_pickled_weights(trained, tmp_path):
 
 def test_cli_trains_and_resumes_with_overrides(dataset_dir, tmp_path, capsys):
     from magma_core.commands import train as command
+    from magma_core.training.trainer import learning_rate, read_metrics
 
     config = tmp_path / "cfg.yaml"
     config.write_text(json.dumps(_config(dataset_dir, tmp_path / "run").to_dict()))  # JSON is valid YAML
@@ -371,6 +398,16 @@ def test_cli_trains_and_resumes_with_overrides(dataset_dir, tmp_path, capsys):
     assert args.func(args) == 0
     text = capsys.readouterr().out
     assert "trained steps 2 -> 3 of 3" in text and "magma eval --policy" in text
+    # --stop-at ends a run early on the schedule of the whole run; --resume goes on from there.
+    args = parser.parse_args(["train", "--config", str(config), "--steps", "6", "--stop-at", "4", "--resume", "--json"])
+    assert args.func(args) == 0
+    stopped = json.loads(capsys.readouterr().out)
+    assert stopped["step"] == 4 and stopped["started_at_step"] == 3
+    rows = read_metrics(tmp_path / "run")
+    assert rows[-1]["step"] == 4 and rows[-1]["lr"] == pytest.approx(learning_rate(3, load_config(config, steps=6)), rel=1e-4)
+    args = parser.parse_args(["train", "--config", str(config), "--steps", "4", "--stop-at", "0", "--resume"])
+    with pytest.raises(InvalidInputError, match="--stop-at must be a step >= 1"):
+        args.func(args)
     # --init-from starts a new run (stage 2) from the first run's weights.
     checkpoint = tmp_path / "run" / "checkpoint"
     stage2 = tmp_path / "stage2.yaml"  # the checkpoint decides the shapes: no model_overrides

@@ -27,6 +27,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     parser.add_argument("--seed", type=int, default=None, help="override the seed")
     parser.add_argument("--init-from", default=None, metavar="CHECKPOINT",
                         help="start from this checkpoint folder's weights (overrides the config's init_from)")
+    parser.add_argument("--stop-at", type=int, default=None, metavar="STEP",
+                        help="stop (and save) after this step, keeping the learning-rate schedule of the whole run; "
+                        "--resume continues it")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default=None, help="override the device")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -45,13 +48,15 @@ def run(args: argparse.Namespace) -> int:
         if args.threads < 1:
             raise InvalidInputError(f"--threads must be >= 1, got {args.threads}")
         torch.set_num_threads(args.threads)
+    if args.stop_at is not None and args.stop_at < 1:
+        raise InvalidInputError(f"--stop-at must be a step >= 1, got {args.stop_at}")
     config = load_config(args.config, out=args.out, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
                          seed=args.seed, device=args.device, init_from=args.init_from)
     # A single process (no torchrun) gets a context without any process group.
     with session(config.device) as context:
         trainer = Trainer(config, resume=args.resume, context=context)
         started = trainer.step
-        result = trainer.train()
+        result = trainer.train(until=args.stop_at)
     if not context.is_main:
         return 0
     summary = dict(result.to_dict(), started_at_step=started, out=config.out, processes=context.world_size)

@@ -22,6 +22,7 @@ adapter from the checkpoint.
 """
 from __future__ import annotations
 
+import collections
 import contextlib
 import csv
 import functools
@@ -459,8 +460,28 @@ class Trainer:
         self.step = state["step"]
 
 
+# The trainer that forked batch workers build for: inherited through fork, never pickled.
+_FORKED_TRAINER: Trainer | None = None
+
+
+def _init_batch_worker() -> None:
+    # Thread pools do not survive fork (a child that enters one can hang): each worker builds on one thread.
+    torch.set_num_threads(1)
+    try:
+        import cv2  # noqa: PLC0415 - a core dependency, imported only where a worker needs it
+
+        cv2.setNumThreads(0)
+    except ImportError:  # pragma: no cover - opencv is a core dependency
+        pass
+
+
+def _forked_host_batch(step: int, micro: int) -> dict:
+    return _FORKED_TRAINER.host_batch(step, micro)
+
+
 class _BatchStream:
-    """The batches of steps [start, end) in order; with the trainer's `prefetch`, the next one is built in a
+    """The batches of steps [start, end) in order. With the config's `batch_workers`, forked worker processes
+    build up to two batches each ahead; else, with the trainer's `prefetch`, the next one is built in a
     background thread while the current one trains. Batches are pure functions of (step, micro), so the
     stream yields exactly what `Trainer.batch` would."""
 
@@ -469,7 +490,20 @@ class _BatchStream:
         self._keys = iter([(s, m) for s in range(start, end) for m in range(trainer.config.grad_accum)])
         self._pool = None
         self._pending = None  # (key, future)
-        if trainer.prefetch:
+        self._workers = None
+        self._ahead: collections.deque = collections.deque()  # (key, AsyncResult) from the workers, in order
+        if trainer.config.batch_workers > 0:
+            import multiprocessing  # noqa: PLC0415 - only for worker processes
+
+            if "fork" not in multiprocessing.get_all_start_methods():
+                raise InvalidInputError("batch_workers needs processes started by fork (Linux, macOS); set it to 0")
+            global _FORKED_TRAINER
+            _FORKED_TRAINER = trainer
+            count = trainer.config.batch_workers
+            self._workers = multiprocessing.get_context("fork").Pool(count, initializer=_init_batch_worker)
+            for _ in range(2 * count):
+                self._submit_to_workers()
+        elif trainer.prefetch:
             from concurrent.futures import ThreadPoolExecutor
 
             self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="magma-batches")
@@ -479,7 +513,19 @@ class _BatchStream:
         key = next(self._keys, None)
         self._pending = None if key is None else (key, self._pool.submit(self._trainer.host_batch, *key))
 
+    def _submit_to_workers(self) -> None:
+        key = next(self._keys, None)
+        if key is not None:
+            self._ahead.append((key, self._workers.apply_async(_forked_host_batch, key)))
+
     def next(self, step: int, micro: int) -> dict:
+        if self._workers is not None:
+            key, result = self._ahead.popleft() if self._ahead else (None, None)
+            if key != (step, micro):
+                raise RuntimeError(f"batch stream out of order: asked for {(step, micro)}")
+            batch = result.get()
+            self._submit_to_workers()
+            return self._trainer._to_device(batch)
         if self._pool is None:
             return self._trainer.batch(step, micro)
         if self._pending is None or self._pending[0] != (step, micro):
@@ -489,6 +535,11 @@ class _BatchStream:
         return self._trainer._to_device(batch)
 
     def close(self) -> None:
+        if self._workers is not None:
+            self._workers.terminate()
+            self._workers.join()
+            self._workers = None
+            self._ahead.clear()
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
             self._pool = None
