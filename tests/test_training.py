@@ -269,34 +269,24 @@ def test_resume_continues_the_same_run(dataset_dir, tmp_path):
         Trainer(_config(dataset_dir, tmp_path / "b"), progress=False)
 
 
-def test_prefetching_batches_in_a_thread_trains_exactly_the_same_run(dataset_dir, tmp_path):
-    from magma_core.training.trainer import Trainer
-
-    plain = Trainer(_config(dataset_dir, tmp_path / "plain", grad_accum=2, steps=3), progress=False, prefetch=False)
-    ahead = Trainer(_config(dataset_dir, tmp_path / "ahead", grad_accum=2, steps=3), progress=False, prefetch=True)
-    assert ahead.prefetch and not plain.prefetch
-    plain_losses, ahead_losses = plain.train().losses, ahead.train().losses
-    assert len(ahead_losses) == 3
-    assert ahead_losses == pytest.approx(plain_losses, rel=1e-6)
-    a, b = plain.model.state_dict(), ahead.model.state_dict()
-    for name in a:
-        torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
-
-
-def test_forked_batch_workers_train_exactly_the_same_run(dataset_dir, tmp_path):
+@pytest.mark.parametrize("builder", [dict(prefetch=True), dict(batch_workers=2)], ids=["thread", "forked_workers"])
+def test_batches_built_ahead_train_exactly_the_same_run(dataset_dir, tmp_path, builder):
     import cv2
 
     from magma_core.training.trainer import Trainer
 
-    # The parent has used OpenCV's and torch's thread pools before the workers fork: they must not hang on them.
+    # The parent has used OpenCV's and torch's thread pools before any worker forks: they must not hang on them.
     cv2.resize(np.zeros((256, 256, 3), np.uint8), (1024, 1024))
     torch.ones(256, 256) @ torch.ones(256, 256)
+    workers = builder.get("batch_workers", 0)
     plain = Trainer(_config(dataset_dir, tmp_path / "plain", grad_accum=2, steps=3), progress=False, prefetch=False)
-    forked = Trainer(_config(dataset_dir, tmp_path / "forked", grad_accum=2, steps=3, batch_workers=2), progress=False)
-    plain_losses, forked_losses = plain.train().losses, forked.train().losses
-    assert len(forked_losses) == 3
-    assert forked_losses == pytest.approx(plain_losses, rel=1e-6)
-    a, b = plain.model.state_dict(), forked.model.state_dict()
+    ahead = Trainer(_config(dataset_dir, tmp_path / "ahead", grad_accum=2, steps=3, batch_workers=workers),
+                    progress=False, prefetch=builder.get("prefetch", False))
+    assert not plain.prefetch and ahead.prefetch == builder.get("prefetch", False)
+    plain_losses, ahead_losses = plain.train().losses, ahead.train().losses
+    assert len(ahead_losses) == 3
+    assert ahead_losses == pytest.approx(plain_losses, rel=1e-6)
+    a, b = plain.model.state_dict(), ahead.model.state_dict()
     for name in a:
         torch.testing.assert_close(a[name], b[name], rtol=1e-5, atol=1e-6, msg=name)
 
