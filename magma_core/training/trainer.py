@@ -465,14 +465,11 @@ _FORKED_TRAINER: Trainer | None = None
 
 
 def _init_batch_worker() -> None:
+    import cv2  # noqa: PLC0415 - a core dependency, needed here only to limit its threads
+
     # Thread pools do not survive fork (a child that enters one can hang): each worker builds on one thread.
     torch.set_num_threads(1)
-    try:
-        import cv2  # noqa: PLC0415 - a core dependency, imported only where a worker needs it
-
-        cv2.setNumThreads(0)
-    except ImportError:  # pragma: no cover - opencv is a core dependency
-        pass
+    cv2.setNumThreads(0)
 
 
 def _forked_host_batch(step: int, micro: int) -> dict:
@@ -488,10 +485,10 @@ class _BatchStream:
     def __init__(self, trainer: Trainer, start: int, end: int) -> None:
         self._trainer = trainer
         self._keys = iter([(s, m) for s in range(start, end) for m in range(trainer.config.grad_accum)])
-        self._pool = None
-        self._pending = None  # (key, future)
-        self._workers = None
-        self._ahead: collections.deque = collections.deque()  # (key, AsyncResult) from the workers, in order
+        self._ahead: collections.deque = collections.deque()  # (key, a call that waits for its host batch), in order
+        self._submit = None  # key -> that call; None: batches are built when asked for
+        self._close = None
+        ahead = 1
         if trainer.config.batch_workers > 0:
             import multiprocessing  # noqa: PLC0415 - only for worker processes
 
@@ -499,50 +496,41 @@ class _BatchStream:
                 raise InvalidInputError("batch_workers needs processes started by fork (Linux, macOS); set it to 0")
             global _FORKED_TRAINER
             _FORKED_TRAINER = trainer
-            count = trainer.config.batch_workers
-            self._workers = multiprocessing.get_context("fork").Pool(count, initializer=_init_batch_worker)
-            for _ in range(2 * count):
-                self._submit_to_workers()
+            workers = multiprocessing.get_context("fork").Pool(trainer.config.batch_workers,
+                                                               initializer=_init_batch_worker)
+            self._submit = lambda key: workers.apply_async(_forked_host_batch, key).get
+            self._close = lambda: (workers.terminate(), workers.join())
+            ahead = 2 * trainer.config.batch_workers
         elif trainer.prefetch:
             from concurrent.futures import ThreadPoolExecutor
 
-            self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="magma-batches")
-            self._submit()
+            thread = ThreadPoolExecutor(max_workers=1, thread_name_prefix="magma-batches")
+            self._submit = lambda key: thread.submit(trainer.host_batch, *key).result
+            self._close = lambda: thread.shutdown(wait=True, cancel_futures=True)
+        if self._submit is not None:
+            for _ in range(ahead):
+                self._submit_next()
 
-    def _submit(self) -> None:
-        key = next(self._keys, None)
-        self._pending = None if key is None else (key, self._pool.submit(self._trainer.host_batch, *key))
-
-    def _submit_to_workers(self) -> None:
+    def _submit_next(self) -> None:
         key = next(self._keys, None)
         if key is not None:
-            self._ahead.append((key, self._workers.apply_async(_forked_host_batch, key)))
+            self._ahead.append((key, self._submit(key)))
 
     def next(self, step: int, micro: int) -> dict:
-        if self._workers is not None:
-            key, result = self._ahead.popleft() if self._ahead else (None, None)
-            if key != (step, micro):
-                raise RuntimeError(f"batch stream out of order: asked for {(step, micro)}")
-            batch = result.get()
-            self._submit_to_workers()
-            return self._trainer._to_device(batch)
-        if self._pool is None:
+        if self._submit is None:
             return self._trainer.batch(step, micro)
-        if self._pending is None or self._pending[0] != (step, micro):
+        key, wait = self._ahead.popleft() if self._ahead else (None, None)
+        if key != (step, micro):
             raise RuntimeError(f"batch stream out of order: asked for {(step, micro)}")
-        batch = self._pending[1].result()
-        self._submit()
+        batch = wait()
+        self._submit_next()
         return self._trainer._to_device(batch)
 
     def close(self) -> None:
-        if self._workers is not None:
-            self._workers.terminate()
-            self._workers.join()
-            self._workers = None
-            self._ahead.clear()
-        if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
-            self._pool = None
+        if self._close is not None:
+            self._close()
+            self._close = None
+        self._ahead.clear()
 
 
 class _MetricsLog:
